@@ -1,0 +1,50 @@
+// Lint, and the layer rule from DESIGN.md: imports flow api → daemon → {images, runtime} → guest/protocol,
+// with common/ (errors, atomic writes, logging, process supervision) available to every layer.
+const js = require('@eslint/js');
+const tseslint = require('typescript-eslint');
+
+/** Folders a layer must never import from, as relative-path patterns. */
+function forbid(...layers) {
+  return {
+    'no-restricted-imports': [
+      'error',
+      {
+        patterns: layers.map((layer) => ({
+          group: [`**/${layer}`, `**/${layer}/**`],
+          message: `layer rule (DESIGN.md): this folder must not import from ${layer}/`,
+        })),
+      },
+    ],
+  };
+}
+
+module.exports = tseslint.config(
+  { ignores: ['dist/**', 'build/**', 'node_modules/**', '*.config.js'] },
+  js.configs.recommended,
+  ...tseslint.configs.recommended,
+  {
+    files: ['scripts/**/*.js'],
+    languageOptions: {
+      sourceType: 'commonjs',
+      globals: {
+        require: 'readonly',
+        __dirname: 'readonly',
+        console: 'readonly',
+        process: 'readonly',
+        module: 'writable',
+      },
+    },
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
+  },
+  {
+    rules: {
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+    },
+  },
+  { files: ['common/**/*.ts'], rules: forbid('api', 'daemon', 'images', 'runtime', 'guest', 'integration') },
+  { files: ['daemon/**/*.ts'], rules: forbid('api', 'integration') },
+  { files: ['images/**/*.ts'], rules: forbid('api', 'daemon', 'runtime', 'guest', 'integration') },
+  { files: ['runtime/**/*.ts'], rules: forbid('api', 'daemon', 'images', 'guest/agent', 'integration') },
+  { files: ['guest/**/*.ts'], rules: forbid('api', 'daemon', 'images', 'runtime', 'common', 'integration') },
+  { files: ['api/**/*.ts'], rules: forbid('images', 'runtime', 'guest', 'integration') },
+);
