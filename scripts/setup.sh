@@ -18,6 +18,8 @@ declare -A NEED=(
   [docker-registry]=docker-registry
   [skopeo]=skopeo
   [vde_switch]=vde2
+  [setfattr]=attr
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

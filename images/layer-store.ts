@@ -1,0 +1,170 @@
+/**
+ * Unpacked layers, one directory per diffID, each unpacked once.
+ *
+ *   <root>/layers/<diffID hex>/          the layer's files (an overlay lower dir), read-only use
+ *   <root>/layers/.tmp-<hex>-<random>/   an extraction in progress (removed at start-up)
+ *   <root>/layerdb/sha256/<hex>.json     {diffID, size, blobDigest}: written before the rename
+ *
+ * A layer exists when both its record and its directory exist. The record is written (atomically)
+ * before the extracted directory is renamed into place, so a crash between the two leaves a record
+ * without a directory, which reads as absent and is unpacked again. Concurrent requests for the
+ * same diffID within this process share one extraction (a per-diffID in-flight promise), so two
+ * pulls never unpack the same layer twice; the daemon is the only process writing this root.
+ */
+import { randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { DataLossError } from '../common/errdefs';
+import { syncDir, writeJsonAtomic } from '../common/atomic-write';
+import type { Logger } from '../common/logger';
+import { assertSha256Digest } from './content-store';
+import { directorySize, extractLayerFile } from './unpack';
+
+export interface LayerInfo {
+  diffID: string;
+  /** dockerd's layer size: bytes of non-directory entries, hardlinks once. */
+  size: number;
+  /** The compressed blob it was unpacked from, when known. */
+  blobDigest?: string;
+  /** Absolute path of the unpacked directory. */
+  dir: string;
+}
+
+interface LayerRecord {
+  diffID: string;
+  size: number;
+  blobDigest?: string;
+}
+
+export interface UnpackOptions {
+  /** Compressed bytes consumed so far, of `total`. */
+  onProgress?: (current: number) => void;
+  signal?: AbortSignal;
+}
+
+export class LayerStore {
+  readonly layersDir: string;
+  private readonly dbDir: string;
+  private readonly inflight = new Map<string, Promise<LayerInfo>>();
+  /** How many extractions ran (for tests: "unpacked once"). */
+  unpackCount = 0;
+
+  constructor(
+    root: string,
+    private readonly log: Logger,
+  ) {
+    this.layersDir = path.join(root, 'layers');
+    this.dbDir = path.join(root, 'layerdb', 'sha256');
+  }
+
+  async init(): Promise<void> {
+    await fs.mkdir(this.layersDir, { recursive: true, mode: 0o700 });
+    await fs.mkdir(this.dbDir, { recursive: true, mode: 0o700 });
+    for (const name of await fs.readdir(this.layersDir)) {
+      if (name.startsWith('.tmp-'))
+        await fs.rm(path.join(this.layersDir, name), { recursive: true, force: true });
+    }
+  }
+
+  private hex(diffID: string): string {
+    assertSha256Digest(diffID);
+    return diffID.slice('sha256:'.length);
+  }
+
+  dir(diffID: string): string {
+    return path.join(this.layersDir, this.hex(diffID));
+  }
+
+  private recordPath(diffID: string): string {
+    return path.join(this.dbDir, `${this.hex(diffID)}.json`);
+  }
+
+  /** The committed layer, or undefined when it is not (completely) there. */
+  async get(diffID: string): Promise<LayerInfo | undefined> {
+    let record: LayerRecord;
+    try {
+      record = JSON.parse(await fs.readFile(this.recordPath(diffID), 'utf8')) as LayerRecord;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    const dir = this.dir(diffID);
+    try {
+      const st = await fs.lstat(dir);
+      if (!st.isDirectory()) return undefined;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    return {
+      diffID,
+      size: record.size,
+      ...(record.blobDigest ? { blobDigest: record.blobDigest } : {}),
+      dir,
+    };
+  }
+
+  /**
+   * Unpacks `blobPath` as layer `diffID` unless it is already there (or being unpacked, in which
+   * case this waits for that). The uncompressed stream must hash to `diffID` (DataLossError).
+   */
+  async unpack(
+    diffID: string,
+    blobPath: string,
+    blobDigest: string,
+    options: UnpackOptions = {},
+  ): Promise<LayerInfo> {
+    const running = this.inflight.get(diffID);
+    if (running !== undefined) return running;
+    const job = (async () => {
+      const existing = await this.get(diffID);
+      if (existing !== undefined) return existing;
+      return this.unpackNow(diffID, blobPath, blobDigest, options);
+    })();
+    this.inflight.set(diffID, job);
+    try {
+      return await job;
+    } finally {
+      this.inflight.delete(diffID);
+    }
+  }
+
+  private async unpackNow(
+    diffID: string,
+    blobPath: string,
+    blobDigest: string,
+    options: UnpackOptions,
+  ): Promise<LayerInfo> {
+    const hex = this.hex(diffID);
+    const tmp = path.join(this.layersDir, `.tmp-${hex.slice(0, 12)}-${randomBytes(6).toString('hex')}`);
+    await fs.mkdir(tmp, { mode: 0o755 });
+    await fs.chmod(tmp, 0o755);
+    let committed = false;
+    try {
+      this.unpackCount++;
+      const started = Date.now();
+      const { diffID: actual } = await extractLayerFile(blobPath, tmp, {
+        log: this.log,
+        ...(options.onProgress ? { onInputBytes: options.onProgress } : {}),
+        ...(options.signal ? { signal: options.signal } : {}),
+      });
+      if (actual !== diffID) {
+        throw new DataLossError(
+          `failed to register layer: layer ${blobDigest} has diffID ${actual}, the image config expects ${diffID}`,
+        );
+      }
+      const size = await directorySize(tmp);
+      const final = this.dir(diffID);
+      // A directory without a record (a crash before the record was written) is stale.
+      await fs.rm(final, { recursive: true, force: true });
+      await writeJsonAtomic(this.recordPath(diffID), { diffID, size, blobDigest } satisfies LayerRecord);
+      await fs.rename(tmp, final);
+      committed = true;
+      await syncDir(this.layersDir);
+      this.log.debug('layer unpacked', { diffID, blobDigest, size, ms: Date.now() - started });
+      return { diffID, size, blobDigest, dir: final };
+    } finally {
+      if (!committed) await fs.rm(tmp, { recursive: true, force: true });
+    }
+  }
+}
