@@ -1,0 +1,458 @@
+/**
+ * The host's client of the guest agent (guest/protocol/agent.proto), over the unix socket of QEMU's
+ * chardev for the VM's virtio-serial port `agent.0`.
+ *
+ * Connection: one gRPC channel per VM, never shared with another channel (local subchannel pool),
+ * for the VM's whole life; QEMU accepts one chardev connection at a time, so a second channel would
+ * queue behind the first. Each connection is a guest session that starts with the handshake of
+ * agent.proto ("Transport": hello with a fresh nonce, drop everything before the guest's ack),
+ * layered under HTTP/2 through grpc-js's connector hook; without it a reconnect can receive the
+ * tail of the previous session's output. The channel connects at once, even before the guest opened
+ * the port: QEMU holds the bytes until it does, so the first Check completes when the agent is up.
+ * close() cancels the calls in flight: grpc-js otherwise keeps the connection until they end.
+ *
+ * Operations: a deadline on every unary call (none on WaitProcess and ReadOutput, which wait on the
+ * container, nor on WriteStdin, which waits while the process does not read its stdin); retries
+ * only for Check (idempotent). gRPC statuses become common/errdefs errors here and nowhere else; a
+ * start failure keeps the exit status Docker records as `exitCode` on the error.
+ */
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import path from 'node:path';
+import { Readable, Transform } from 'node:stream';
+import {
+  type CapsuleError,
+  CanceledError,
+  ConflictError,
+  DeadlineError,
+  InvalidParameterError,
+  NotFoundError,
+  NotImplementedError,
+  SystemError,
+  UnavailableError,
+} from '../common/errdefs';
+import type { Logger } from '../common/logger';
+import type { ExitResult, OutputChunk } from './types';
+
+/** Trailer on failed CreateContainer/StartContainer: Docker's State.ExitCode for the failure. */
+export const EXIT_CODE_TRAILER = 'capsule-exit-code';
+
+export interface AgentCheck {
+  agentVersion: string;
+  kernelRelease: string;
+  /** Guest uptime (ms) when the agent answered, when it started, when it began serving. */
+  uptimeMs: number;
+  agentStartMs: number;
+  agentReadyMs: number;
+}
+
+export interface CreateContainerParams {
+  containerId: string;
+  /** The OCI runtime spec (runtime/oci-spec.ts). */
+  ociSpec: object;
+  rootfsGuestPath: string;
+  /** Docker's User string, resolved in the guest. */
+  user: string;
+  openStdin: boolean;
+  /** Docker's WorkingDir, created in the rootfs when missing ("" = none). */
+  workingDir: string;
+}
+
+/** An error from an agent call; `exitCode` is set when the agent said which status Docker records. */
+export type AgentCallError = CapsuleError & { exitCode?: number; grpcCode?: number };
+
+export interface AgentClientOptions {
+  /** QEMU's chardev socket for the agent port. */
+  socketPath: string;
+  /**
+   * 'virtio-serial' (default): the socket is QEMU's chardev for the agent port, and each connection
+   * starts with the session handshake. 'direct': the agent serves gRPC on the socket itself
+   * (CAPSULE_AGENT_LISTEN, tests on the host).
+   */
+  transport?: 'virtio-serial' | 'direct';
+  log?: Logger;
+  /** agent.proto; found from the source tree by default. */
+  protoPath?: string;
+  /** Deadline of unary calls, ms (default 10 s). */
+  callTimeoutMs?: number;
+  /** Deadline of StartContainer, ms (default 60 s: crun sets up the container under TCG). */
+  startTimeoutMs?: number;
+}
+
+/** The exit status Docker records for a failed start, from an error's cause chain. */
+export function exitCodeOf(err: unknown): number | undefined {
+  let current: unknown = err;
+  for (let depth = 0; current !== undefined && current !== null && depth < 16; depth++) {
+    const code = (current as { exitCode?: unknown }).exitCode;
+    if (typeof code === 'number') return code;
+    current = (current as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+/**
+ * The one mapping from a gRPC status to the error taxonomy. The message is the agent's (`details`),
+ * so what dockerd would have said reaches the API unchanged.
+ */
+export function errorFromStatus(err: Partial<grpc.ServiceError>): AgentCallError {
+  const message = err.details || err.message || 'agent call failed';
+  const options = { cause: err };
+  let mapped: AgentCallError;
+  switch (err.code) {
+    case grpc.status.NOT_FOUND:
+      mapped = new NotFoundError(message, options);
+      break;
+    case grpc.status.INVALID_ARGUMENT:
+    case grpc.status.FAILED_PRECONDITION:
+      mapped = new InvalidParameterError(message, options);
+      break;
+    case grpc.status.ALREADY_EXISTS:
+      mapped = new ConflictError(message, options);
+      break;
+    case grpc.status.DEADLINE_EXCEEDED:
+      mapped = new DeadlineError(message, options);
+      break;
+    case grpc.status.UNAVAILABLE:
+      mapped = new UnavailableError(message, options);
+      break;
+    // Not in the original list, but the taxonomy has a class for each: a cancelled call (the host's
+    // own close or destroy) is not a system failure, and an agent too old for a call says so.
+    case grpc.status.CANCELLED:
+      mapped = new CanceledError(message, options);
+      break;
+    case grpc.status.UNIMPLEMENTED:
+      mapped = new NotImplementedError(message, options);
+      break;
+    default:
+      mapped = new SystemError(message, options);
+  }
+  if (err.code !== undefined) mapped.grpcCode = err.code;
+  const trailer = err.metadata?.get(EXIT_CODE_TRAILER)[0];
+  if (trailer !== undefined) {
+    const code = Number.parseInt(String(trailer), 10);
+    if (Number.isInteger(code)) mapped.exitCode = code;
+  }
+  return mapped;
+}
+
+/** guest/protocol/agent.proto, from source (runtime/) or compiled (dist/runtime/) alike. */
+export function findAgentProto(): string {
+  const fromEnv = process.env.CAPSULE_AGENT_PROTO;
+  if (fromEnv && existsSync(fromEnv)) return fromEnv;
+  let dir = __dirname;
+  for (let i = 0; i < 6; i++) {
+    const candidate = path.join(dir, 'guest', 'protocol', 'agent.proto');
+    if (existsSync(candidate)) return candidate;
+    dir = path.dirname(dir);
+  }
+  throw new SystemError(`guest/protocol/agent.proto not found above ${__dirname}`);
+}
+
+/**
+ * The session handshake of the virtio-serial transport (agent.proto, "Transport"): the guest sees
+ * every host connection as one byte stream with no boundaries, so each connection starts with a
+ * hello carrying a fresh nonce, and everything the guest sent before its ack of that nonce (the
+ * tail of an earlier session) is dropped here.
+ */
+export const SESSION_HELLO = '\0capsule-session-hello ';
+export const SESSION_ACK = '\0capsule-session-ack ';
+/** Stale bytes tolerated before the ack; more means the peer is not an agent. */
+const MAX_STALE_BYTES = 256 * 1024 * 1024;
+
+export function sessionHandshake(socket: Socket, nonce = randomBytes(16).toString('hex')): Promise<void> {
+  const ack = Buffer.from(`${SESSION_ACK}${nonce}\n`, 'latin1');
+  return new Promise<void>((resolve, reject) => {
+    let tail = Buffer.alloc(0);
+    let stale = 0;
+    const done = (err?: Error) => {
+      socket.off('data', onData);
+      socket.off('close', onClose);
+      socket.off('error', onError);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onData = (chunk: Buffer) => {
+      const buf = tail.length > 0 ? Buffer.concat([tail, chunk]) : chunk;
+      const at = buf.indexOf(ack);
+      if (at >= 0) {
+        socket.pause();
+        const rest = buf.subarray(at + ack.length);
+        if (rest.length > 0) socket.unshift(rest); // http2 picks up what is buffered
+        done();
+        return;
+      }
+      const keep = Math.min(buf.length, ack.length - 1);
+      stale += buf.length - keep;
+      tail = Buffer.from(buf.subarray(buf.length - keep));
+      if (stale > MAX_STALE_BYTES) done(new Error(`no session ack after ${stale} bytes`));
+    };
+    const onClose = () => done(new Error('connection closed before the agent acknowledged the session'));
+    const onError = (err: Error) => done(err);
+    socket.on('data', onData);
+    socket.once('close', onClose);
+    socket.once('error', onError);
+    socket.write(`${SESSION_HELLO}${nonce}\n`, 'latin1');
+  });
+}
+
+/**
+ * Insecure channel credentials whose connector runs the session handshake on each new connection
+ * before HTTP/2 starts: grpc-js's hook for layering a transport (it is how TLS is added).
+ */
+class AgentSessionCredentials extends grpc.ChannelCredentials {
+  _isSecure(): boolean {
+    return false;
+  }
+  _equals(other: grpc.ChannelCredentials): boolean {
+    return other === this;
+  }
+  override compose(): grpc.ChannelCredentials {
+    throw new Error('the agent channel takes no call credentials');
+  }
+  _createSecureConnector(): ReturnType<grpc.ChannelCredentials['_createSecureConnector']> {
+    const callCredentials = grpc.CallCredentials.createEmpty();
+    return {
+      connect: async (socket: Socket) => {
+        await sessionHandshake(socket);
+        return { socket, secure: false };
+      },
+      waitForReady: () => Promise.resolve(),
+      getCallCredentials: () => callCredentials,
+      destroy: () => undefined,
+    };
+  }
+}
+
+const definitions = new Map<string, grpc.ServiceClientConstructor>();
+
+function agentConstructor(protoPath: string): grpc.ServiceClientConstructor {
+  let ctor = definitions.get(protoPath);
+  if (!ctor) {
+    const definition = protoLoader.loadSync(protoPath, {
+      keepCase: true,
+      longs: Number,
+      enums: Number,
+      defaults: true,
+    });
+    ctor = (
+      grpc.loadPackageDefinition(definition) as unknown as {
+        capsule: { agent: { v1: { Agent: grpc.ServiceClientConstructor } } };
+      }
+    ).capsule.agent.v1.Agent;
+    definitions.set(protoPath, ctor);
+  }
+  return ctor;
+}
+
+type UnaryMethod = (
+  request: unknown,
+  metadata: grpc.Metadata,
+  options: grpc.CallOptions,
+  callback: (err: grpc.ServiceError | null, response?: unknown) => void,
+) => grpc.ClientUnaryCall;
+type StreamMethod = (request: unknown, options?: grpc.CallOptions) => grpc.ClientReadableStream<unknown>;
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+interface CheckResponse {
+  agent_version: string;
+  kernel_release: string;
+  uptime_ms: number;
+  agent_start_ms: number;
+  agent_ready_ms: number;
+}
+
+export class AgentClient {
+  private readonly client: grpc.Client;
+  private readonly callTimeoutMs: number;
+  private readonly startTimeoutMs: number;
+  private closed = false;
+  /** Calls in flight: close() cancels them, or the connection would stay open until they end. */
+  private readonly active = new Set<{ cancel(): void }>();
+
+  constructor(private readonly opts: AgentClientOptions) {
+    const Agent = agentConstructor(opts.protoPath ?? findAgentProto());
+    const credentials =
+      opts.transport === 'direct' ? grpc.credentials.createInsecure() : new AgentSessionCredentials();
+    this.client = new Agent(`unix:${opts.socketPath}`, credentials, {
+      // One connection per VM: never reuse a subchannel another client opened to this socket.
+      'grpc.use_local_subchannel_pool': 1,
+      // Reconnecting means a new guest session, which is fine; do it promptly.
+      'grpc.initial_reconnect_backoff_ms': 100,
+      'grpc.max_reconnect_backoff_ms': 1000,
+      'grpc.enable_retries': 0,
+      'grpc.max_receive_message_length': 16 * 1024 * 1024,
+    });
+    this.callTimeoutMs = opts.callTimeoutMs ?? 10_000;
+    this.startTimeoutMs = opts.startTimeoutMs ?? 60_000;
+  }
+
+  private unary<Res>(method: string, request: object, timeoutMs: number | null): Promise<Res> {
+    if (this.closed)
+      return Promise.reject(new UnavailableError(`agent client for ${this.opts.socketPath} is closed`));
+    const fn = (this.client as unknown as Record<string, UnaryMethod>)[method];
+    if (!fn) return Promise.reject(new SystemError(`agent has no method ${method}`));
+    const options: grpc.CallOptions = timeoutMs === null ? {} : { deadline: Date.now() + timeoutMs };
+    return new Promise<Res>((resolve, reject) => {
+      const call: grpc.ClientUnaryCall = fn.call(
+        this.client,
+        request,
+        new grpc.Metadata(),
+        options,
+        (err, response) => {
+          this.active.delete(call);
+          if (err) reject(errorFromStatus(err));
+          else resolve(response as Res);
+        },
+      );
+      this.active.add(call);
+    });
+  }
+
+  // ---- health -------------------------------------------------------------------------------
+
+  private async checkOnce(timeoutMs: number): Promise<AgentCheck> {
+    const r = await this.unary<CheckResponse>('Check', {}, timeoutMs);
+    return {
+      agentVersion: r.agent_version,
+      kernelRelease: r.kernel_release,
+      uptimeMs: Number(r.uptime_ms),
+      agentStartMs: Number(r.agent_start_ms),
+      agentReadyMs: Number(r.agent_ready_ms),
+    };
+  }
+
+  /** Check, retried (it is idempotent) while the agent is unreachable, within one deadline. */
+  async check(timeoutMs = this.callTimeoutMs): Promise<AgentCheck> {
+    return this.retryCheck(timeoutMs, 3);
+  }
+
+  /**
+   * Polls Check until the agent answers or `deadlineMs` passes (then DeadlineError): after boot,
+   * the first call completes as soon as the agent serves.
+   */
+  async waitReady(deadlineMs: number): Promise<AgentCheck> {
+    return this.retryCheck(deadlineMs, Number.POSITIVE_INFINITY);
+  }
+
+  private async retryCheck(totalMs: number, attempts: number): Promise<AgentCheck> {
+    const deadline = Date.now() + totalMs;
+    let last: unknown;
+    for (let attempt = 0; attempt < attempts; attempt++) {
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) break;
+      try {
+        return await this.checkOnce(Math.min(remaining, 5000));
+      } catch (err) {
+        last = err;
+        if (!(err instanceof UnavailableError || err instanceof DeadlineError) || this.closed) throw err;
+        await sleep(Math.min(100, Math.max(0, deadline - Date.now())));
+      }
+    }
+    throw new DeadlineError(
+      `agent at ${this.opts.socketPath} not ready within ${totalMs} ms: ${last instanceof Error ? last.message : 'no answer'}`,
+      { cause: last },
+    );
+  }
+
+  // ---- containers ---------------------------------------------------------------------------
+
+  async createContainer(p: CreateContainerParams): Promise<void> {
+    await this.unary(
+      'CreateContainer',
+      {
+        container_id: p.containerId,
+        oci_spec_json: JSON.stringify(p.ociSpec),
+        rootfs_guest_path: p.rootfsGuestPath,
+        user: p.user,
+        open_stdin: p.openStdin,
+        working_dir: p.workingDir,
+      },
+      this.callTimeoutMs,
+    );
+  }
+
+  async startContainer(containerId: string): Promise<void> {
+    await this.unary('StartContainer', { container_id: containerId }, this.startTimeoutMs);
+  }
+
+  /**
+   * The process's output as an object-mode Readable of OutputChunk, with backpressure down to the
+   * guest's pipes. It ends when the process exited and its output is drained; it errors (with a
+   * mapped error) if the stream breaks. Destroying it cancels the call.
+   */
+  readOutput(containerId: string, execId = ''): Readable {
+    const fn = (this.client as unknown as Record<string, StreamMethod>).ReadOutput as StreamMethod;
+    if (this.closed) {
+      const failed = new Readable({ objectMode: true, read() {} });
+      failed.destroy(new UnavailableError(`agent client for ${this.opts.socketPath} is closed`));
+      return failed;
+    }
+    const call = fn.call(this.client, { container_id: containerId, exec_id: execId });
+    this.active.add(call);
+    call.on('status', () => this.active.delete(call));
+    const out = new Transform({
+      objectMode: true,
+      transform(msg: { stream: number; data: Buffer }, _enc, done) {
+        const chunk: OutputChunk = { stream: msg.stream === 2 ? 2 : 1, data: msg.data };
+        done(null, chunk);
+      },
+    });
+    call.on('error', (err: grpc.ServiceError) => out.destroy(errorFromStatus(err)));
+    out.on('close', () => call.cancel());
+    call.pipe(out);
+    return out;
+  }
+
+  /** Writes in pieces of at most 1 MiB (gRPC's default message limit is 4 MiB), in order. */
+  async writeStdin(containerId: string, execId: string, data: Buffer): Promise<void> {
+    const piece = 1024 * 1024;
+    for (let at = 0; at < data.length; at += piece) {
+      const chunk = data.subarray(at, at + piece);
+      await this.unary('WriteStdin', { container_id: containerId, exec_id: execId, data: chunk }, null);
+    }
+  }
+
+  async closeStdin(containerId: string, execId = ''): Promise<void> {
+    await this.unary('CloseStdin', { container_id: containerId, exec_id: execId }, this.callTimeoutMs);
+  }
+
+  async signalProcess(containerId: string, execId: string, signal: number): Promise<void> {
+    await this.unary(
+      'SignalProcess',
+      { container_id: containerId, exec_id: execId, signal },
+      this.callTimeoutMs,
+    );
+  }
+
+  /** Resolves when the process has exited (no deadline). */
+  async waitProcess(containerId: string, execId = ''): Promise<ExitResult> {
+    const r = await this.unary<{ exit_code: number; oom_killed: boolean }>(
+      'WaitProcess',
+      { container_id: containerId, exec_id: execId },
+      null,
+    );
+    return { exitCode: r.exit_code, oomKilled: r.oom_killed };
+  }
+
+  /** Flushes the guest's filesystems before power-off. */
+  async prepareShutdown(timeoutMs = this.callTimeoutMs): Promise<void> {
+    await this.unary('PrepareShutdown', {}, timeoutMs);
+  }
+
+  /**
+   * Cancels every call in flight and closes the channel. grpc-js closes a connection gracefully,
+   * after its last stream: without the cancel, an open ReadOutput would keep this host session (and
+   * QEMU's one chardev connection) alive, and the next client would wait behind it.
+   */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const call of this.active) call.cancel();
+    this.active.clear();
+    this.client.close();
+  }
+}
