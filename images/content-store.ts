@@ -11,7 +11,8 @@
  * against a strict "sha256:<64 lowercase hex>" pattern before they become file names.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { promises as fs, constants as fsConstants } from 'node:fs';
+import { createReadStream, promises as fs, constants as fsConstants } from 'node:fs';
+import type { Readable } from 'node:stream';
 import * as path from 'node:path';
 import { DataLossError, InvalidParameterError } from '../common/errdefs';
 import { syncDir } from '../common/atomic-write';
@@ -137,6 +138,102 @@ export class ContentStore {
     } finally {
       if (!committed) await fs.rm(tmp, { force: true });
     }
+  }
+
+  /**
+   * Streams `source` into the store under the digest its bytes have (content whose digest nobody
+   * announced: an imported tarball, a layer compressed here). Returns the digest and length.
+   */
+  async ingestComputed(
+    source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+    options: Omit<IngestOptions, 'size'> = {},
+  ): Promise<{ digest: string; size: number }> {
+    const file = await this.spool(source, options);
+    try {
+      await this.commitSpooled(file.path, file.digest);
+    } finally {
+      await fs.rm(file.path, { force: true });
+    }
+    return { digest: file.digest, size: file.size };
+  }
+
+  /**
+   * Writes `source` to a private file under ingest/ and returns its digest: content staged for a
+   * later commitSpooled (or removal). Used by load, which reads a whole archive before deciding.
+   */
+  async spool(
+    source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+    options: Omit<IngestOptions, 'size'> & { dir?: string } = {},
+  ): Promise<{ path: string; digest: string; size: number }> {
+    const dir = options.dir ?? this.ingestDir;
+    const tmp = path.join(dir, `spool-${randomBytes(8).toString('hex')}`);
+    const handle = await fs.open(
+      tmp,
+      fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW,
+      0o600,
+    );
+    const hash = createHash('sha256');
+    let written = 0;
+    let ok = false;
+    try {
+      for await (const chunk of source) {
+        options.signal?.throwIfAborted();
+        hash.update(chunk);
+        written += chunk.byteLength;
+        await handle.write(chunk);
+        options.onBytes?.(written);
+      }
+      await handle.sync();
+      ok = true;
+    } finally {
+      await handle.close();
+      if (!ok) await fs.rm(tmp, { force: true });
+    }
+    return { path: tmp, digest: `sha256:${hash.digest('hex')}`, size: written };
+  }
+
+  /**
+   * Commits a file written by spool() under the digest spool() computed for it (the file is
+   * private to the daemon and unchanged since). Moves it when the blob is new; otherwise the
+   * file is left for the caller to remove.
+   */
+  async commitSpooled(file: string, digest: string): Promise<void> {
+    const target = this.blobPath(digest);
+    if (!path.resolve(file).startsWith(this.ingestDir + path.sep)) {
+      throw new InvalidParameterError(`not a spooled file: ${file}`);
+    }
+    if (await this.has(digest)) return;
+    await fs.chmod(file, 0o444);
+    await fs.link(file, target).catch(async (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw err;
+    });
+    await syncDir(this.blobsDir);
+  }
+
+  /** Every committed blob's digest. */
+  async list(): Promise<string[]> {
+    const out: string[] = [];
+    for (const name of await fs.readdir(this.blobsDir)) {
+      if (/^[a-f0-9]{64}$/.test(name)) out.push(`sha256:${name}`);
+    }
+    return out;
+  }
+
+  /** The first `length` bytes of a committed blob (fewer when it is shorter). */
+  async readHead(digest: string, length: number): Promise<Buffer> {
+    const handle = await fs.open(this.blobPath(digest), fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+    try {
+      const buf = Buffer.alloc(length);
+      const { bytesRead } = await handle.read(buf, 0, length, 0);
+      return buf.subarray(0, bytesRead);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /** Reads a committed blob as a stream. */
+  openRead(digest: string, options: { highWaterMark?: number } = {}): Readable {
+    return createReadStream(this.blobPath(digest), { highWaterMark: options.highWaterMark ?? 256 * 1024 });
   }
 
   /** Removes a blob (a no-op when absent). */

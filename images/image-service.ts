@@ -1,7 +1,9 @@
 /**
- * The image service: pull from a registry, look images up, list them, and hand out their layer
- * directories. Composes the registry client, the content store (verified blobs), the layer store
- * (layers unpacked once per diffID) and the image store (records and references).
+ * The image service: pull from a registry, look images up, list them, hand out their layer
+ * directories, and the rest of `docker image …`: tag, remove, prune, history, push, save, load,
+ * import, system df. Composes the registry client, the content store (verified blobs), the layer
+ * store (layers unpacked once per diffID) and the image store (records and references); push,
+ * save/load and import live in their own modules (push.ts, archive-*.ts, import-image.ts).
  *
  * Pull, in dockerd's order and with its progress lines:
  *   1. resolve the manifest (an index is narrowed to the requested platform) — errors here happen
@@ -14,18 +16,43 @@
  *   4. the image record is written — only now is the image visible —, then "Digest: …", the
  *      references (tag and repo digest), and "Status: Downloaded newer image for …" or
  *      "Status: Image is up to date for …".
+ *
+ * Removal follows dockerd's ImageDelete (see remove()): references go first, then the image
+ * record, then — by garbage collection — every layer and blob no remaining image references.
+ * Collection runs only while no pull, load, import, push or save is in flight (ContentGate), so
+ * it never takes content an operation has written but not yet recorded, or is reading.
  */
+import type { Readable } from 'node:stream';
 import {
   CanceledError,
   CapsuleError,
+  ConflictError,
   DataLossError,
   InvalidParameterError,
   NotFoundError,
   UnavailableError,
 } from '../common/errdefs';
 import type { Logger } from '../common/logger';
+import { loadSpooled, spoolArchive } from './archive-load';
+import { resolveSaveTargets, saveArchive } from './archive-save';
 import { ContentStore } from './content-store';
-import { ImageStore, type ImageMeta } from './image-store';
+import {
+  LIST_FILTERS,
+  PRUNE_FILTERS,
+  familiarMatch,
+  listDangling,
+  matchLabels,
+  matchPruneLabels,
+  parseGlob,
+  pruneDanglingOnly,
+  pruneUntil,
+  validateFilters,
+} from './filters';
+import { chainIds } from './go-json';
+import { parseImageConfig } from './image-config';
+import { ImageStore, Mutex, type ImageMeta } from './image-store';
+import { importImage, planImport } from './import-image';
+import { ContentGate, createdNanos, shortId, unixSeconds, type ServiceContext } from './internals';
 import { LayerStore } from './layer-store';
 import {
   MAX_MANIFEST_BYTES,
@@ -36,9 +63,12 @@ import {
   type ImageManifest,
 } from './manifest';
 import { layerLine, messageLine, progressLine, ProgressThrottle, shortLayerId } from './progress';
+import { pushImage, pushTarget, rememberRepository } from './push';
 import {
+  familiarName,
   familiarString,
   fullName,
+  isValidTag,
   parseAnyReference,
   parseNormalizedNamed,
   pullTarget,
@@ -47,7 +77,29 @@ import {
   type Reference,
 } from './reference';
 import { RegistryClient, type RemoteRepository } from './registry-client';
-import type { ImageConfigFile, ImageRecord, ImageService, PullOptions, PullProgress } from './types';
+import { detectCompression } from './unpack';
+import type {
+  HistoryEntry,
+  ImageConfigFile,
+  ImageDeleteItem,
+  ImageInUse,
+  ImageListOptions,
+  ImageManagementService,
+  ImageRecord,
+  ImageSummary,
+  ImagesDiskUsage,
+  ImportOptions,
+  LoadOptions,
+  LoadProgress,
+  LoadResult,
+  PruneOptions,
+  PruneReport,
+  PullOptions,
+  PullProgress,
+  PushOptions,
+  PushProgress,
+  RemoveOptions,
+} from './types';
 
 export interface ImageServiceDeps {
   /** Data root of the image service (blobs, layers, metadata). */
@@ -59,10 +111,14 @@ export interface ImageServiceDeps {
   registryMirrors?: string[];
   /** Parallel layer downloads per pull (dockerd's max-concurrent-downloads); default 3. */
   maxConcurrentDownloads?: number;
+  /** How pushes upload layer blobs: 'chunked' (POST, PATCH, PUT — dockerd's way, default) or 'monolithic'. */
+  uploadMode?: 'chunked' | 'monolithic';
+  /** Wait before retrying a failed upload, ms (default 5 s per attempt, as dockerd). */
+  pushRetryDelayMs?: number;
 }
 
 /** The service plus the internals tests and the daemon may need. */
-export interface CapsuleImageService extends ImageService {
+export interface CapsuleImageService extends ImageManagementService {
   /** Resolves once the stores are loaded (every method waits for it too). */
   ready(): Promise<void>;
   readonly contentStore: ContentStore;
@@ -100,6 +156,28 @@ export function createImageService(deps: ImageServiceDeps): CapsuleImageService 
   return new ImageServiceImpl(deps);
 }
 
+/** Bits of dockerd's conflict mask (daemon/images/image_delete.go). */
+const CONFLICT_CHILD = 1;
+const CONFLICT_RUNNING = 2;
+const CONFLICT_REFERENCE = 4;
+const CONFLICT_STOPPED = 8;
+const CONFLICT_HARD = CONFLICT_CHILD | CONFLICT_RUNNING;
+const CONFLICT_SOFT = CONFLICT_REFERENCE | CONFLICT_STOPPED;
+
+interface DeleteConflict {
+  hard: boolean;
+  used: boolean;
+  message: string;
+}
+
+/** What one rmi / prune call accumulates. */
+interface DeleteRun {
+  records: ImageDeleteItem[];
+  isInUse: ImageInUse;
+  /** Sizes of the layers reported as deleted, by chain id (prune's SpaceReclaimed). */
+  layerSizes: Map<string, number>;
+}
+
 class ImageServiceImpl implements CapsuleImageService {
   readonly contentStore: ContentStore;
   readonly layerStore: LayerStore;
@@ -109,9 +187,15 @@ class ImageServiceImpl implements CapsuleImageService {
   private readonly configs = new Map<string, ImageConfigFile>();
   private readonly downloads = new Map<string, Promise<void>>();
   private readonly maxDownloads: number;
+  private readonly gate: ContentGate;
+  /** Serialises removals (and their collection) with one another. */
+  private readonly deleteLock = new Mutex();
+  private readonly layerRecordLock = new Mutex();
+  private pruneRunning = false;
+  private readonly ctx: ServiceContext;
   private initialised: Promise<void> | undefined;
 
-  constructor(deps: ImageServiceDeps) {
+  constructor(private readonly deps: ImageServiceDeps) {
     this.log = deps.log.child({ component: 'images' });
     this.contentStore = new ContentStore(deps.root);
     this.layerStore = new LayerStore(deps.root, this.log);
@@ -122,6 +206,18 @@ class ImageServiceImpl implements CapsuleImageService {
       ...(deps.registryMirrors ? { mirrors: deps.registryMirrors } : {}),
     });
     this.maxDownloads = Math.max(1, deps.maxConcurrentDownloads ?? 3);
+    this.gate = new ContentGate(this.log);
+    this.ctx = {
+      log: this.log,
+      images: this.images,
+      layers: this.layerStore,
+      content: this.contentStore,
+      registry: this.registry,
+      gate: this.gate,
+      loadConfig: (id) => this.loadConfig(id),
+      record: (id) => this.record(id),
+      layerRecordLock: this.layerRecordLock,
+    };
   }
 
   ready(): Promise<void> {
@@ -143,6 +239,19 @@ class ImageServiceImpl implements CapsuleImageService {
   ): Promise<ImageRecord> {
     await this.ready();
     const target = pullTarget(parseNormalizedNamed(reference));
+    const release = await this.gate.enter();
+    try {
+      return await this.pullNow(target, options, onProgress);
+    } finally {
+      release();
+    }
+  }
+
+  private async pullNow(
+    target: Reference,
+    options: PullOptions,
+    onProgress: (p: PullProgress) => void,
+  ): Promise<ImageRecord> {
     const platform = parsePlatform(options.platform);
     const emit = (p: PullProgress): void => {
       try {
@@ -185,14 +294,39 @@ class ImageServiceImpl implements CapsuleImageService {
         for (const m of manifests) {
           if (!(await this.contentStore.has(m.digest))) await this.contentStore.writeBlob(m.digest, m.bytes);
         }
+        const { retained: _retained, ...previous }: Partial<ImageMeta> = this.images.getAnyImage(id) ?? {};
         const meta: ImageMeta = {
+          ...previous,
           id,
           diffIDs,
           size: sizes.reduce((a, b) => a + b, 0),
           manifestDigest: top.digest,
-          storedAt: new Date().toISOString(),
+          manifests: [...new Set([...(previous.manifests ?? []), ...manifests.map((m) => m.digest)])],
+          storedAt: previous.storedAt ?? new Date().toISOString(),
         };
         await this.images.putImage(meta);
+      } else {
+        for (const m of manifests) {
+          if (!(await this.contentStore.has(m.digest))) await this.contentStore.writeBlob(m.digest, m.bytes);
+        }
+        const meta = this.images.getAnyImage(id);
+        const known = meta?.manifests ?? [];
+        if (meta !== undefined && manifests.some((m) => !known.includes(m.digest))) {
+          await this.images.updateImage(id, {
+            manifests: [...new Set([...known, ...manifests.map((m) => m.digest)])],
+          });
+        }
+      }
+      // Like dockerd's v2 metadata: this repository holds these blobs (for push's checks).
+      const repository = fullName(target);
+      const recorded = this.images.getAnyImage(id)?.diffIDs ?? [];
+      for (const [i, desc] of manifest.layers.entries()) {
+        const diffID = recorded[i];
+        if (diffID === undefined) continue;
+        const info = await this.layerStore.get(diffID);
+        if (info?.pushBlob?.digest === desc.digest && !(info.repositories ?? []).includes(repository)) {
+          await rememberRepository(this.ctx, info.diffID, repository);
+        }
       }
       emit(messageLine(`Digest: ${top.digest}`));
 
@@ -233,24 +367,7 @@ class ImageServiceImpl implements CapsuleImageService {
   private async loadConfig(id: string): Promise<ImageConfigFile> {
     const cached = this.configs.get(id);
     if (cached !== undefined) return cached;
-    const bytes = await this.contentStore.read(id);
-    let config: ImageConfigFile;
-    try {
-      config = JSON.parse(bytes.toString('utf8')) as ImageConfigFile;
-    } catch {
-      throw new DataLossError(`image config ${id} is not valid JSON`);
-    }
-    const rootfs = (config as { rootfs?: unknown }).rootfs as
-      { type?: unknown; diff_ids?: unknown } | undefined;
-    if (
-      typeof rootfs !== 'object' ||
-      rootfs === null ||
-      rootfs.type !== 'layers' ||
-      !Array.isArray(rootfs.diff_ids) ||
-      !rootfs.diff_ids.every((d) => typeof d === 'string' && /^sha256:[a-f0-9]{64}$/.test(d))
-    ) {
-      throw new DataLossError(`invalid rootfs in image configuration ${id}`);
-    }
+    const config = parseImageConfig(await this.contentStore.read(id), id);
     this.configs.set(id, config);
     return config;
   }
@@ -300,9 +417,13 @@ class ImageServiceImpl implements CapsuleImageService {
         const throttle = new ProgressThrottle((current) =>
           emit(progressLine('Extracting', job.id, current, total)),
         );
+        const gzip = detectCompression(await this.contentStore.readHead(job.desc.digest, 6)) === 'gzip';
         const info = await this.layerStore.unpack(job.diffID, blobPath, job.desc.digest, {
           onProgress: (current) => throttle.update(current, current >= total),
           signal: controller.signal,
+          ...(gzip
+            ? { pushBlob: { digest: job.desc.digest, size: total }, repository: fullName(repo.ref) }
+            : {}),
         });
         emit(layerLine('Pull complete', job.id));
         sizes[job.index] = info.size;
@@ -427,8 +548,9 @@ class ImageServiceImpl implements CapsuleImageService {
 
   async layerDirs(image: ImageRecord): Promise<string[]> {
     await this.ready();
-    const meta = this.images.getImage(image.id);
-    const diffIDs = meta?.diffIDs ?? image.config.rootfs.diff_ids;
+    const meta = this.images.getAnyImage(image.id);
+    const diffIDs = meta?.diffIDs ?? image.config?.rootfs.diff_ids;
+    if (diffIDs === undefined) throw new NotFoundError(`No such image: ${image.id}`);
     const dirs: string[] = [];
     for (const diffID of diffIDs) {
       const info = await this.layerStore.get(diffID);
@@ -442,17 +564,537 @@ class ImageServiceImpl implements CapsuleImageService {
     const meta = this.images.getImage(id);
     if (meta === undefined) throw new NotFoundError(`No such image: ${id}`);
     const config = await this.loadConfig(id);
+    // refsOf is sorted by the full reference, as dockerd's reference store sorts.
     const refs = this.images.refsOf(id).map((r) => familiarString(parseNormalizedNamed(r)));
-    const sorted = refs.sort();
     return {
       id,
-      repoTags: sorted.filter((r) => !r.includes('@')),
-      repoDigests: sorted.filter((r) => r.includes('@')),
+      repoTags: refs.filter((r) => !r.includes('@')),
+      repoDigests: refs.filter((r) => r.includes('@')),
       created: typeof config.created === 'string' && config.created !== '' ? config.created : ZERO_TIME,
       size: meta.size,
       config,
+      ...(meta.parent !== undefined ? { parent: meta.parent } : {}),
+      ...(meta.lastTagTime !== undefined ? { lastTagTime: meta.lastTagTime } : {}),
     };
   }
+
+  // -------------------------------------------------------------------------------------------
+  // Tag
+
+  async tag(source: string, repository: string, tag?: string): Promise<string> {
+    await this.ready();
+    const image = await this.get(source);
+    let ref = parseNormalizedNamed(repository);
+    if (tag !== undefined && tag !== '') {
+      if (!isValidTag(tag)) throw new InvalidParameterError('invalid tag format');
+      ref = { domain: ref.domain, path: ref.path, tag };
+    }
+    if (ref.digest !== undefined) {
+      throw new InvalidParameterError('refusing to create a tag with a digest reference');
+    }
+    ref = tagNameOnly(ref);
+    if (familiarName(ref) === 'sha256') {
+      throw new InvalidParameterError('refusing to create an ambiguous tag using digest algorithm as name');
+    }
+    await this.images.setRefs([referenceString(ref)], image.id);
+    await this.images.updateImage(image.id, { lastTagTime: new Date().toISOString() });
+    this.log.info('tagged', { id: image.id, ref: referenceString(ref) });
+    return familiarString(ref);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Remove and prune (dockerd's daemon/images/image_delete.go and image_prune.go)
+
+  async remove(reference: string, options: RemoveOptions, isInUse: ImageInUse): Promise<ImageDeleteItem[]> {
+    await this.ready();
+    return this.deleteLock.run(async () => {
+      const run: DeleteRun = { records: [], isInUse, layerSizes: new Map() };
+      try {
+        await this.imageDelete(reference, options.force === true, options.noprune !== true, run);
+      } finally {
+        if (run.records.length > 0) await this.collect(isInUse);
+      }
+      return run.records;
+    });
+  }
+
+  async prune(options: PruneOptions, isInUse: ImageInUse): Promise<PruneReport> {
+    await this.ready();
+    if (this.pruneRunning) throw new ConflictError('a prune operation is already running');
+    this.pruneRunning = true;
+    try {
+      const filters = options.filters ?? {};
+      validateFilters(filters, PRUNE_FILTERS);
+      const danglingOnly = pruneDanglingOnly(filters);
+      const until = pruneUntil(filters);
+      return await this.deleteLock.run(async () => {
+        const run: DeleteRun = { records: [], isInUse, layerSizes: new Map() };
+        const candidates = this.images
+          .allImages()
+          .filter((m) => !danglingOnly || this.images.children(m.id).length === 0);
+        const selected: ImageMeta[] = [];
+        for (const meta of candidates) {
+          if (this.images.refsOf(meta.id).length === 0 && this.images.children(meta.id).length > 0) continue;
+          const config = await this.loadConfig(meta.id);
+          if (until !== undefined && createdNanos(config.created) > BigInt(Math.floor(until)) * 1_000_000n)
+            continue;
+          if (!matchPruneLabels(filters, config.config?.Labels ?? null)) continue;
+          selected.push(meta);
+        }
+        for (const meta of selected) {
+          if (this.images.getImage(meta.id) === undefined) continue; // went with an earlier one
+          const refs = this.images.refsOf(meta.id);
+          const tries: string[] = [];
+          if (refs.length > 0) {
+            const hasTag = refs.some((r) => !r.includes('@'));
+            if (!danglingOnly || !hasTag) tries.push(...refs);
+          } else {
+            tries.push(meta.id.slice(7));
+          }
+          for (const ref of tries) {
+            // An earlier untag may have taken this reference (a tag takes its repository's digests).
+            if (refs.length > 0 && this.images.resolveRef(ref) !== meta.id) continue;
+            const before = run.records.length;
+            try {
+              await this.imageDelete(ref, false, true, run);
+            } catch (err) {
+              run.records.length = before;
+              if (!(err instanceof ConflictError)) {
+                this.log.warn('failed to prune image', { ref, error: (err as Error).message });
+              }
+            }
+          }
+        }
+        if (run.records.length > 0) await this.collect(isInUse);
+        let spaceReclaimed = 0;
+        for (const item of run.records) {
+          if ('deleted' in item) spaceReclaimed += run.layerSizes.get(item.deleted) ?? 0;
+        }
+        return { imagesDeleted: run.records, spaceReclaimed };
+      });
+    } finally {
+      this.pruneRunning = false;
+    }
+  }
+
+  /** dockerd's ImageDelete. Caller holds deleteLock. */
+  private async imageDelete(
+    reference: string,
+    force: boolean,
+    prune: boolean,
+    run: DeleteRun,
+  ): Promise<void> {
+    const image = await this.get(reference);
+    const id = image.id;
+    let repoRefs = this.images.refsOf(id);
+    let removedRepositoryRef = false;
+    if (!isImageIdPrefix(id, reference)) {
+      // A name: remove that reference first, if nothing forbids it.
+      if (!force && isSingleReference(repoRefs)) {
+        const user = userOf(run.isInUse(id));
+        if (user !== undefined) {
+          throw new ConflictError(
+            `conflict: unable to remove repository reference ${JSON.stringify(reference)} (must force) - container ${user.id} is using its referenced image ${shortId(id)}`,
+          );
+        }
+      }
+      const parsed = tagNameOnly(parseNormalizedNamed(reference));
+      await this.images.deleteRefs([lookupKey(parsed)]);
+      run.records.push({ untagged: familiarString(parsed) });
+      repoRefs = this.images.refsOf(id);
+      if (parsed.digest === undefined) {
+        // The repository's last tag went: its digest references go too.
+        const repo = fullName(parsed);
+        const inRepo = (r: string): boolean => fullName(parseNormalizedNamed(r)) === repo;
+        if (!repoRefs.some((r) => !r.includes('@') && inRepo(r))) {
+          for (const r of repoRefs.filter((x) => x.includes('@') && inRepo(x))) {
+            await this.images.deleteRefs([r]);
+            run.records.push({ untagged: familiarString(parseNormalizedNamed(r)) });
+          }
+          repoRefs = this.images.refsOf(id);
+        }
+      }
+      if (repoRefs.length > 0) return;
+      removedRepositoryRef = true;
+    } else if (isSingleReference(repoRefs)) {
+      // An id, and the image has one name (plus digests of it): that name goes with it.
+      const mask = CONFLICT_HARD | (force ? 0 : CONFLICT_SOFT & ~CONFLICT_REFERENCE);
+      const conflict = this.deleteConflict(id, mask, run.isInUse);
+      if (conflict !== undefined) throw conflictError(id, conflict);
+      for (const r of repoRefs) {
+        await this.images.deleteRefs([r]);
+        run.records.push({ untagged: familiarString(parseNormalizedNamed(r)) });
+      }
+    }
+    await this.imageDeleteHelper(id, force, prune, removedRepositoryRef, run);
+  }
+
+  /** dockerd's imageDeleteHelper: the image itself, then (prune) its untagged parents. */
+  private async imageDeleteHelper(
+    id: string,
+    force: boolean,
+    prune: boolean,
+    quiet: boolean,
+    run: DeleteRun,
+  ): Promise<void> {
+    const meta = this.images.getImage(id);
+    if (meta === undefined) return;
+    const conflict = this.deleteConflict(id, CONFLICT_HARD | (force ? 0 : CONFLICT_SOFT), run.isInUse);
+    if (conflict !== undefined) {
+      // Quietly keep an image that is still named or in use; say why for a dangling one.
+      if (quiet && (!this.isDangling(id) || conflict.used)) return;
+      throw conflictError(id, conflict);
+    }
+    for (const r of this.images.refsOf(id)) {
+      await this.images.deleteRefs([r]);
+      run.records.push({ untagged: familiarString(parseNormalizedNamed(r)) });
+    }
+    await this.deleteImageRecord(meta, run);
+    if (prune && meta.parent !== undefined) await this.imageDeleteHelper(meta.parent, false, true, true, run);
+  }
+
+  /**
+   * Deletes (or, when a container still uses it, retains) an image record and reports its
+   * released layer chains, top first — those no remaining image (retained ones included) has.
+   */
+  private async deleteImageRecord(meta: ImageMeta, run: DeleteRun): Promise<void> {
+    if (userOf(run.isInUse(meta.id)) !== undefined) {
+      await this.images.updateImage(meta.id, { retained: true });
+    } else {
+      await this.images.deleteImage(meta.id);
+    }
+    this.configs.delete(meta.id);
+    run.records.push({ deleted: meta.id });
+    const remaining = new Set<string>();
+    for (const other of this.images.allRecorded()) for (const c of chainIds(other.diffIDs)) remaining.add(c);
+    const chains = chainIds(meta.diffIDs);
+    for (let i = chains.length - 1; i >= 0; i--) {
+      const chain = chains[i] as string;
+      if (remaining.has(chain)) break;
+      run.records.push({ deleted: chain });
+      const info = await this.layerStore.get(meta.diffIDs[i] as string);
+      run.layerSizes.set(chain, info?.size ?? 0);
+      remaining.add(chain);
+    }
+  }
+
+  private deleteConflict(id: string, mask: number, isInUse: ImageInUse): DeleteConflict | undefined {
+    if (mask & CONFLICT_CHILD && this.images.children(id).length > 0) {
+      return { hard: true, used: false, message: 'image has dependent child images' };
+    }
+    const user = userOf(isInUse(id));
+    if (mask & CONFLICT_RUNNING && user?.running) {
+      return { hard: true, used: true, message: `image is being used by running container ${user.id}` };
+    }
+    if (mask & CONFLICT_REFERENCE && this.images.refsOf(id).length > 0) {
+      return { hard: false, used: false, message: 'image is referenced in multiple repositories' };
+    }
+    if (mask & CONFLICT_STOPPED && user !== undefined && !user.running) {
+      return { hard: false, used: true, message: `image is being used by stopped container ${user.id}` };
+    }
+    return undefined;
+  }
+
+  private isDangling(id: string): boolean {
+    return this.images.refsOf(id).length === 0 && this.images.children(id).length === 0;
+  }
+
+  /** Garbage collection now, or after the content operations in flight (see ContentGate). */
+  private async collect(isInUse: ImageInUse): Promise<void> {
+    await this.gate.collect(() => this.collectGarbage(isInUse));
+  }
+
+  /**
+   * Deletes retained images no container uses any more, then every layer and blob no image
+   * references. Runs with no content operation in flight.
+   */
+  private async collectGarbage(isInUse: ImageInUse): Promise<void> {
+    for (const meta of this.images.allRecorded()) {
+      if (meta.retained && userOf(isInUse(meta.id)) === undefined) await this.images.deleteImage(meta.id);
+    }
+    const liveLayers = new Set<string>();
+    const liveBlobs = new Set<string>();
+    for (const meta of this.images.allRecorded()) {
+      liveBlobs.add(meta.id);
+      for (const m of meta.manifests ?? []) liveBlobs.add(m);
+      if (meta.manifestDigest !== undefined) liveBlobs.add(meta.manifestDigest);
+      for (const d of meta.diffIDs) liveLayers.add(d);
+    }
+    let layers = 0;
+    for (const diffID of await this.layerStore.recordedIds()) {
+      if (liveLayers.has(diffID)) {
+        const info = await this.layerStore.get(diffID);
+        if (info?.blobDigest !== undefined) liveBlobs.add(info.blobDigest);
+        if (info?.pushBlob !== undefined) liveBlobs.add(info.pushBlob.digest);
+        continue;
+      }
+      await this.layerStore.delete(diffID);
+      layers++;
+    }
+    let blobs = 0;
+    for (const digest of await this.contentStore.list()) {
+      if (liveBlobs.has(digest)) continue;
+      await this.contentStore.delete(digest);
+      blobs++;
+    }
+    if (layers + blobs > 0) this.log.info('garbage collected', { layers, blobs });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Views: list, history, disk usage
+
+  async listImages(options: ImageListOptions = {}): Promise<ImageSummary[]> {
+    await this.ready();
+    const filters = options.filters ?? {};
+    validateFilters(filters, LIST_FILTERS);
+    const dangling = listDangling(filters);
+    const patterns = filters.reference?.map((p) => ({ p, tokens: parseGlob(p) }));
+    let before: bigint | undefined;
+    let since: bigint | undefined;
+    for (const value of filters.before ?? []) before = createdNanos((await this.get(value)).created);
+    for (const value of filters.since ?? []) since = createdNanos((await this.get(value)).created);
+    const out: Array<ImageSummary & { createdNs: bigint }> = [];
+    const metas = this.images
+      .allImages()
+      .filter((m) => dangling !== true || this.images.children(m.id).length === 0);
+    for (const meta of metas) {
+      const config = await this.loadConfig(meta.id);
+      const createdNs = createdNanos(config.created);
+      if (before !== undefined && createdNs >= before) continue;
+      if (since !== undefined && createdNs <= since) continue;
+      const labels = config.config?.Labels ?? null;
+      if (
+        filters.label !== undefined &&
+        (config.config === undefined || !matchLabels(filters.label, labels))
+      ) {
+        continue;
+      }
+      let repoTags: string[] | null = null;
+      let repoDigests: string[] | null = null;
+      for (const r of this.images.refsOf(meta.id)) {
+        const ref = parseNormalizedNamed(r);
+        const familiar = familiarString(ref);
+        if (
+          patterns !== undefined &&
+          !patterns.some(({ p }) => familiarMatch(p, familiar, familiarName(ref)))
+        ) {
+          continue;
+        }
+        if (ref.digest !== undefined) (repoDigests ??= []).push(familiar);
+        else (repoTags ??= []).push(familiar);
+      }
+      if (repoTags === null && repoDigests === null) {
+        if (!(options.all === true || this.images.children(meta.id).length === 0)) continue;
+        if (dangling === false) continue;
+        if (patterns !== undefined) continue;
+        repoTags = ['<none>:<none>'];
+        repoDigests = ['<none>@<none>'];
+      } else if (dangling === true && repoTags !== null) {
+        continue;
+      }
+      out.push({
+        id: meta.id,
+        parentId: meta.parent ?? '',
+        repoTags,
+        repoDigests,
+        created: unixSeconds(config.created),
+        size: meta.size,
+        sharedSize: -1,
+        virtualSize: meta.size,
+        labels: labels ?? null,
+        containers: -1,
+        createdNs,
+      });
+    }
+    out.sort((a, b) =>
+      a.createdNs === b.createdNs ? (a.id < b.id ? -1 : 1) : a.createdNs > b.createdNs ? -1 : 1,
+    );
+    return out.map(({ createdNs: _createdNs, ...summary }) => summary);
+  }
+
+  async history(reference: string): Promise<HistoryEntry[]> {
+    await this.ready();
+    const image = await this.get(reference);
+    const meta = this.images.getImage(image.id);
+    const diffIDs = meta?.diffIDs ?? image.config.rootfs.diff_ids;
+    const entries: HistoryEntry[] = [];
+    let layer = 0;
+    for (const h of image.config.history ?? []) {
+      let size = 0;
+      if (h.empty_layer !== true) {
+        const diffID = diffIDs[layer];
+        if (diffID === undefined) throw new DataLossError('too many non-empty layers in History section');
+        size = (await this.layerStore.get(diffID))?.size ?? 0;
+        layer++;
+      }
+      entries.unshift({
+        id: '<missing>',
+        created: unixSeconds(h.created),
+        createdBy: h.created_by ?? '',
+        tags: null,
+        size,
+        comment: h.comment ?? '',
+      });
+    }
+    // The top entry is the image; going down, parent images fill in while there are any.
+    let id: string | undefined = image.id;
+    for (const entry of entries) {
+      if (id === undefined) break;
+      entry.id = id;
+      const tags = this.images
+        .refsOf(id)
+        .filter((r) => !r.includes('@'))
+        .map((r) => familiarString(parseNormalizedNamed(r)));
+      entry.tags = tags.length > 0 ? tags : null;
+      id = this.images.getImage(id)?.parent;
+      if (id !== undefined && this.images.getImage(id) === undefined) break;
+    }
+    return entries;
+  }
+
+  async diskUsage(containersUsing: (imageId: string) => number): Promise<ImagesDiskUsage> {
+    await this.ready();
+    const images = await this.listImages({ all: true });
+    const refCount = new Map<string, number>();
+    const chainsOf = new Map<string, string[]>();
+    for (const summary of images) {
+      const chains = chainIds(this.images.getImage(summary.id)?.diffIDs ?? []);
+      chainsOf.set(summary.id, chains);
+      for (const c of new Set(chains)) refCount.set(c, (refCount.get(c) ?? 0) + 1);
+    }
+    for (const summary of images) {
+      const meta = this.images.getImage(summary.id);
+      let shared = 0;
+      const chains = chainsOf.get(summary.id) ?? [];
+      for (const [i, chain] of chains.entries()) {
+        if ((refCount.get(chain) ?? 0) > 1) {
+          shared += (await this.layerStore.get(meta?.diffIDs[i] ?? ''))?.size ?? 0;
+        }
+      }
+      summary.sharedSize = shared;
+      summary.containers = containersUsing(summary.id);
+    }
+    let layersSize = 0;
+    for (const info of await this.layerStore.all()) layersSize += info.size;
+    return { layersSize, images };
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Push, save, load, import
+
+  async push(reference: string, options: PushOptions, onProgress: (p: PushProgress) => void): Promise<void> {
+    await this.ready();
+    const target = pushTarget(reference, options.tag);
+    const release = await this.gate.enter();
+    const log = this.log.child({ op: 'push', ref: referenceString(target) });
+    try {
+      await pushImage(
+        this.ctx,
+        target,
+        options,
+        {
+          ...(this.deps.uploadMode ? { uploadMode: this.deps.uploadMode } : {}),
+          ...(this.deps.pushRetryDelayMs !== undefined ? { retryDelayMs: this.deps.pushRetryDelayMs } : {}),
+        },
+        (p) => {
+          try {
+            onProgress(p);
+          } catch (err) {
+            log.debug('progress listener failed', { error: (err as Error).message });
+          }
+        },
+      );
+      log.info('pushed');
+    } finally {
+      release();
+    }
+  }
+
+  async save(references: string[]): Promise<Readable> {
+    await this.ready();
+    const release = await this.gate.enter();
+    try {
+      const targets = resolveSaveTargets(this.ctx, references);
+      return await saveArchive(this.ctx, targets, release);
+    } catch (err) {
+      release();
+      throw err;
+    }
+  }
+
+  async load(
+    archive: AsyncIterable<Uint8Array>,
+    options: LoadOptions,
+    onProgress: (p: LoadProgress) => void,
+  ): Promise<LoadResult> {
+    await this.ready();
+    const release = await this.gate.enter();
+    const emit = (p: LoadProgress): void => {
+      try {
+        onProgress(p);
+      } catch (err) {
+        this.log.debug('progress listener failed', { error: (err as Error).message });
+      }
+    };
+    try {
+      const spooled = await spoolArchive(this.ctx, archive, options.signal);
+      try {
+        const result = await loadSpooled(this.ctx, spooled, options.quiet !== false, emit, options.signal);
+        this.log.info('loaded', { ids: result.ids, tags: result.tags });
+        return result;
+      } finally {
+        await spooled.remove();
+      }
+    } finally {
+      release();
+    }
+  }
+
+  async import(tarball: AsyncIterable<Uint8Array>, options: ImportOptions): Promise<ImageRecord> {
+    await this.ready();
+    const plan = planImport(options);
+    const release = await this.gate.enter();
+    try {
+      const id = await importImage(this.ctx, plan, tarball, options.signal);
+      return await this.record(id);
+    } finally {
+      release();
+    }
+  }
+}
+
+/** dockerd's isImageIDPrefix: the reference is (a prefix of) the id, with or without "sha256:". */
+function isImageIdPrefix(id: string, reference: string): boolean {
+  return id.startsWith(reference) || id.slice(7).startsWith(reference);
+}
+
+/**
+ * dockerd's isSingleReference: one name, or one name plus digest references of that same
+ * repository (the digests an image was pulled by go with its tag).
+ */
+function isSingleReference(refs: string[]): boolean {
+  if (refs.length <= 1) return refs.length === 1;
+  let single: string | undefined;
+  const canonicalRepos = new Set<string>();
+  for (const r of refs) {
+    if (r.includes('@')) canonicalRepos.add(fullName(parseNormalizedNamed(r)));
+    else if (single === undefined) single = r;
+    else return false;
+  }
+  const name = fullName(parseNormalizedNamed(single ?? (refs[0] as string)));
+  return canonicalRepos.size === 1 && canonicalRepos.has(name);
+}
+
+function userOf(user: ReturnType<ImageInUse>): { id: string; running: boolean } | undefined {
+  if (user === undefined) return undefined;
+  if (typeof user === 'string') return { id: user.slice(0, 12), running: false };
+  return { id: user.id.slice(0, 12), running: user.running };
+}
+
+function conflictError(id: string, conflict: DeleteConflict): ConflictError {
+  return new ConflictError(
+    `conflict: unable to delete ${shortId(id)} (${conflict.hard ? 'cannot be forced' : 'must be forced'}) - ${conflict.message}`,
+  );
 }
 
 /** The key a named reference is stored under ("docker.io/library/busybox:latest"). */

@@ -3,13 +3,18 @@
  *
  *   <root>/layers/<diffID hex>/          the layer's files (an overlay lower dir), read-only use
  *   <root>/layers/.tmp-<hex>-<random>/   an extraction in progress (removed at start-up)
- *   <root>/layerdb/sha256/<hex>.json     {diffID, size, blobDigest}: written before the rename
+ *   <root>/layerdb/sha256/<hex>.json     {diffID, size, blobDigest, tarSize, pushBlob?,
+ *                                         repositories?}: written before the rename
  *
  * A layer exists when both its record and its directory exist. The record is written (atomically)
  * before the extracted directory is renamed into place, so a crash between the two leaves a record
  * without a directory, which reads as absent and is unpacked again. Concurrent requests for the
  * same diffID within this process share one extraction (a per-diffID in-flight promise), so two
  * pulls never unpack the same layer twice; the daemon is the only process writing this root.
+ *
+ * Deletion is the reverse: the record goes first (the layer reads as absent from then on), then
+ * the directory is renamed to a `.tmp-` name (swept at start-up) and removed. The image service
+ * deletes only layers no image references, with no pull, load or import in flight.
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -20,26 +25,38 @@ import type { Logger } from '../common/logger';
 import { assertSha256Digest } from './content-store';
 import { directorySize, extractLayerFile } from './unpack';
 
+/** A gzip blob of the layer, as pushed to registries. */
+export interface PushBlob {
+  digest: string;
+  size: number;
+}
+
 export interface LayerInfo {
   diffID: string;
   /** dockerd's layer size: bytes of non-directory entries, hardlinks once. */
   size: number;
-  /** The compressed blob it was unpacked from, when known. */
+  /** The blob (gzip or plain tar) it was unpacked from, kept in the content store. */
   blobDigest?: string;
+  /** Length of the uncompressed layer tar (what `docker save` writes as layer.tar). */
+  tarSize?: number;
+  /** The gzip blob pushes use: the pulled blob when it is gzip, else one made on first push. */
+  pushBlob?: PushBlob;
+  /** Repositories ("127.0.0.1:5000/bb") known to hold pushBlob (pulled from or pushed to). */
+  repositories?: string[];
   /** Absolute path of the unpacked directory. */
   dir: string;
 }
 
-interface LayerRecord {
-  diffID: string;
-  size: number;
-  blobDigest?: string;
-}
+type LayerRecord = Omit<LayerInfo, 'dir'>;
 
 export interface UnpackOptions {
   /** Compressed bytes consumed so far, of `total`. */
   onProgress?: (current: number) => void;
   signal?: AbortSignal;
+  /** The blob is a gzip blob usable for pushes (recorded as pushBlob). */
+  pushBlob?: PushBlob;
+  /** The repository the blob came from ("127.0.0.1:5000/bb"), for push's existence checks. */
+  repository?: string;
 }
 
 export class LayerStore {
@@ -96,12 +113,62 @@ export class LayerStore {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
     }
-    return {
-      diffID,
-      size: record.size,
-      ...(record.blobDigest ? { blobDigest: record.blobDigest } : {}),
-      dir,
-    };
+    return { ...record, diffID, dir };
+  }
+
+  /** Every committed layer (records whose directory exists). */
+  async all(): Promise<LayerInfo[]> {
+    const out: LayerInfo[] = [];
+    for (const name of await fs.readdir(this.dbDir)) {
+      const m = /^([a-f0-9]{64})\.json$/.exec(name);
+      if (!m) continue;
+      const info = await this.get(`sha256:${m[1] ?? ''}`);
+      if (info !== undefined) out.push(info);
+    }
+    return out;
+  }
+
+  /** diffIDs with a record (complete or not), for garbage collection. */
+  async recordedIds(): Promise<string[]> {
+    const out: string[] = [];
+    for (const name of await fs.readdir(this.dbDir)) {
+      const m = /^([a-f0-9]{64})\.json$/.exec(name);
+      if (m) out.push(`sha256:${m[1] ?? ''}`);
+    }
+    for (const name of await fs.readdir(this.layersDir)) {
+      if (/^[a-f0-9]{64}$/.test(name) && !out.includes(`sha256:${name}`)) out.push(`sha256:${name}`);
+    }
+    return out;
+  }
+
+  /**
+   * Rewrites a layer's record with `fn` applied (atomically; serialised per process by the
+   * caller's lock). No-op when the layer is gone.
+   */
+  async update(diffID: string, fn: (record: LayerRecord) => LayerRecord): Promise<void> {
+    const info = await this.get(diffID);
+    if (info === undefined) return;
+    const { dir: _dir, ...record } = info;
+    await writeJsonAtomic(this.recordPath(diffID), fn(record));
+  }
+
+  /** Deletes a layer: record first, then the directory (see the module comment). */
+  async delete(diffID: string): Promise<void> {
+    if (this.inflight.has(diffID)) throw new Error(`layer ${diffID} is being unpacked`);
+    await fs.rm(this.recordPath(diffID), { force: true });
+    await syncDir(this.dbDir);
+    const dir = this.dir(diffID);
+    const trash = path.join(
+      this.layersDir,
+      `.tmp-del-${this.hex(diffID).slice(0, 12)}-${randomBytes(6).toString('hex')}`,
+    );
+    try {
+      await fs.rename(dir, trash);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    await fs.rm(trash, { recursive: true, force: true });
   }
 
   /**
@@ -143,7 +210,7 @@ export class LayerStore {
     try {
       this.unpackCount++;
       const started = Date.now();
-      const { diffID: actual } = await extractLayerFile(blobPath, tmp, {
+      const { diffID: actual, tarSize } = await extractLayerFile(blobPath, tmp, {
         log: this.log,
         ...(options.onProgress ? { onInputBytes: options.onProgress } : {}),
         ...(options.signal ? { signal: options.signal } : {}),
@@ -157,12 +224,20 @@ export class LayerStore {
       const final = this.dir(diffID);
       // A directory without a record (a crash before the record was written) is stale.
       await fs.rm(final, { recursive: true, force: true });
-      await writeJsonAtomic(this.recordPath(diffID), { diffID, size, blobDigest } satisfies LayerRecord);
+      const record: LayerRecord = {
+        diffID,
+        size,
+        blobDigest,
+        tarSize,
+        ...(options.pushBlob ? { pushBlob: options.pushBlob } : {}),
+        ...(options.repository ? { repositories: [options.repository] } : {}),
+      };
+      await writeJsonAtomic(this.recordPath(diffID), record);
       await fs.rename(tmp, final);
       committed = true;
       await syncDir(this.layersDir);
       this.log.debug('layer unpacked', { diffID, blobDigest, size, ms: Date.now() - started });
-      return { diffID, size, blobDigest, dir: final };
+      return { ...record, dir: final };
     } finally {
       if (!committed) await fs.rm(tmp, { recursive: true, force: true });
     }

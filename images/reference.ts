@@ -213,6 +213,11 @@ export function fromImageReference(fromImage: string, tag?: string): string {
   return SHA256_DIGEST_RE.test(tag) || tag.includes(':') ? `${fromImage}@${tag}` : `${fromImage}:${tag}`;
 }
 
+/** Whether `tag` is a valid tag (`[\w][\w.-]{0,127}`). */
+export function isValidTag(tag: string): boolean {
+  return TAG_RE.test(tag);
+}
+
 /** True for a well-formed "sha256:<64 lowercase hex>" — the only digests used as file names. */
 export function isSha256Digest(s: string): boolean {
   return SHA256_DIGEST_RE.test(s);

@@ -274,7 +274,7 @@ describe('RegistryClient against a fake registry', () => {
   it('uses a registry token as the bearer token directly', async () => {
     const r = await fresh({ kind: 'bearer', service: 'fake-registry' });
     addImage(r, 'bb', 'v1');
-    (r as unknown as { issued: Set<string> }).issued.add('given|repository:bb:pull');
+    r.grantToken('given', ['repository:bb:pull']);
     await new RegistryClient({ log })
       .repository(parseNormalizedNamed(`${r.host}/bb:v1`), { registrytoken: 'given' })
       .getManifest('v1');

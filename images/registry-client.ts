@@ -1,5 +1,5 @@
 /**
- * Registry API v2 client (the pull side) on node:http/https.
+ * Registry API v2 client (pull and push) on node:http/https.
  *
  * Transport: plain http for loopback registries (127.0.0.0/8, localhost, ::1) as dockerd does;
  * for registries in the insecure list, https without certificate checks first, then http; https
@@ -12,6 +12,13 @@
  * given (an identity token is exchanged by the OAuth2 refresh-token grant), cached per scope until
  * it expires. A 401 that carries a new Bearer challenge is answered once more with a fresh token.
  * Authorization is never sent to another origin on a redirect (blob GETs redirect to storage).
+ *
+ * Push (a session opened with the "push" action asks for `repository:<path>:pull,push`) checks
+ * blobs with HEAD, mounts them across repositories of one registry (`POST
+ * /v2/<name>/blobs/uploads/?mount=<digest>&from=<repo>`, the token scope then also covers
+ * `repository:<repo>:pull`), uploads them monolithically (POST, then PUT ?digest= with the body)
+ * or as a stream (POST, PATCH with the body, PUT ?digest=), and PUTs the manifest. Pushes never go
+ * to mirrors.
  *
  * Errors carry dockerd's texts: transport failures read like Go's (`Get "http://…/v2/": dial tcp
  * 127.0.0.1:5999: connect: connection refused`), registry errors like distribution's errcode
@@ -26,6 +33,7 @@ import {
   CanceledError,
   CapsuleError,
   DataLossError,
+  ForbiddenError,
   NotFoundError,
   SystemError,
   UnauthorizedError,
@@ -166,11 +174,14 @@ export function isInsecureRegistry(domain: string, insecure: readonly string[]):
 // ---------------------------------------------------------------------------------------------
 // HTTP plumbing
 
+/** A request body: bytes, or a factory of a fresh stream (so a request can be sent again). */
+export type RequestBody = string | Buffer | (() => NodeJS.ReadableStream);
+
 interface RequestSpec {
-  method: 'GET' | 'HEAD' | 'POST';
+  method: 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH';
   url: URL;
   headers: Record<string, string>;
-  body?: string;
+  body?: RequestBody;
   skipTlsVerify: boolean;
   signal?: AbortSignal;
 }
@@ -253,7 +264,14 @@ function sendOnce(spec: RequestSpec): Promise<IncomingMessage> {
       req.destroy(err);
     });
     req.once('error', (err) => reject(transportError(spec, err)));
-    req.end(spec.body);
+    const body = spec.body;
+    if (typeof body === 'function') {
+      const stream = body();
+      stream.once('error', (err: Error) => req.destroy(err));
+      stream.pipe(req);
+    } else {
+      req.end(body);
+    }
   });
 }
 
@@ -264,7 +282,11 @@ async function send(spec: RequestSpec): Promise<{ res: IncomingMessage; url: URL
     const res = await sendOnce(current);
     const status = res.statusCode ?? 0;
     const location = res.headers.location;
-    if (![301, 302, 303, 307, 308].includes(status) || location === undefined || current.method === 'POST') {
+    if (
+      ![301, 302, 303, 307, 308].includes(status) ||
+      location === undefined ||
+      (current.method !== 'GET' && current.method !== 'HEAD')
+    ) {
       return { res, url: current.url };
     }
     res.resume();
@@ -431,9 +453,17 @@ export class RegistryClient {
     return [{ origin: `https://${domain}`, skipTlsVerify: false, mirror: false }];
   }
 
-  /** A session on one repository for one pull: holds the endpoint choice and auth state. */
-  repository(ref: Reference, auth: RegistryAuth | undefined, signal?: AbortSignal): RemoteRepository {
-    return new RemoteRepository(this, ref, auth ?? {}, signal);
+  /**
+   * A session on one repository for one pull (or push, with `actions: 'pull,push'`): holds the
+   * endpoint choice and auth state.
+   */
+  repository(
+    ref: Reference,
+    auth: RegistryAuth | undefined,
+    signal?: AbortSignal,
+    actions: 'pull' | 'pull,push' = 'pull',
+  ): RemoteRepository {
+    return new RemoteRepository(this, ref, auth ?? {}, signal, actions);
   }
 
   /** @internal */
@@ -473,6 +503,19 @@ interface PingResult {
   challenges: Challenge[];
 }
 
+/** What a blob upload reports as it goes. */
+export interface UploadOptions {
+  /** 'chunked': POST, PATCH with the body, PUT ?digest= (dockerd's way); 'monolithic': POST, PUT with the body. */
+  mode?: 'chunked' | 'monolithic';
+  /** Bytes of the body sent so far. */
+  onBytes?: (sent: number) => void;
+  /** An upload location already opened (a failed mount answers with one). */
+  location?: string;
+}
+
+/** The outcome of a cross-repository mount attempt. */
+export type MountResult = { mounted: true } | { mounted: false; location?: string };
+
 export class RemoteRepository {
   private ping: PingResult | undefined;
   private readonly scope: string;
@@ -482,8 +525,9 @@ export class RemoteRepository {
     readonly ref: Reference,
     private readonly auth: RegistryAuth,
     private readonly signal?: AbortSignal,
+    private readonly actions: 'pull' | 'pull,push' = 'pull',
   ) {
-    this.scope = `repository:${ref.path}:pull`;
+    this.scope = `repository:${ref.path}:${actions}`;
   }
 
   /** The endpoint in use once the manifest was fetched. */
@@ -523,7 +567,7 @@ export class RemoteRepository {
   private async getManifestFrom(endpoint: Endpoint, tagOrDigest: string): Promise<FetchedManifest> {
     const ping = await this.pingEndpoint(endpoint);
     const url = new URL(`/v2/${this.ref.path}/manifests/${tagOrDigest}`, ping.endpoint.origin);
-    const res = await this.authorizedGet(url, { accept: MANIFEST_ACCEPT });
+    const res = await this.authorizedRequest('GET', url, { accept: MANIFEST_ACCEPT });
     const status = res.statusCode ?? 0;
     if (status !== 200) throw await this.manifestError(res, tagOrDigest);
     const bytes = await readBody(res, MAX_MANIFEST_BYTES, 'manifest');
@@ -572,7 +616,7 @@ export class RemoteRepository {
       await this.pingEndpoint(this.client.endpoints(this.ref.domain)[0] as Endpoint);
     const endpoint = (this.ping as PingResult).endpoint;
     const url = new URL(`/v2/${this.ref.path}/blobs/${digest}`, endpoint.origin);
-    const res = await this.authorizedGet(url, {});
+    const res = await this.authorizedRequest('GET', url, {});
     const status = res.statusCode ?? 0;
     if (status !== 200) {
       const info = await registryErrorOf(res);
@@ -593,6 +637,186 @@ export class RemoteRepository {
         ? { size: length }
         : {}),
     };
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Push
+
+  /**
+   * Pings the registry for a push: the registry itself, never a mirror (https first, then http
+   * for an insecure registry). Errors read like dockerd's (`Get "https://…/v2/": dial tcp: …`).
+   */
+  async preparePush(): Promise<Endpoint> {
+    if (this.ping !== undefined) return this.ping.endpoint;
+    const endpoints = this.client.endpoints(this.ref.domain).filter((e) => !e.mirror);
+    let lastError: unknown;
+    for (const [i, endpoint] of endpoints.entries()) {
+      try {
+        return (await this.pingEndpoint(endpoint)).endpoint;
+      } catch (err) {
+        lastError = err;
+        const fallThrough =
+          i < endpoints.length - 1 && endpoint.origin.startsWith('https:') && err instanceof UnavailableError;
+        if (!fallThrough) throw err;
+      }
+    }
+    throw lastError;
+  }
+
+  private async pushEndpoint(): Promise<Endpoint> {
+    return this.ping?.endpoint ?? this.preparePush();
+  }
+
+  /** HEAD on a blob in this repository: true when the registry has it. */
+  async blobExists(digest: string): Promise<boolean> {
+    const endpoint = await this.pushEndpoint();
+    const url = new URL(`/v2/${this.ref.path}/blobs/${digest}`, endpoint.origin);
+    const res = await this.authorizedRequest('HEAD', url, {});
+    const status = res.statusCode ?? 0;
+    res.resume();
+    if (status === 200) return true;
+    if (status === 404) return false;
+    throw await this.pushError(res, `HEAD ${url.pathname}`);
+  }
+
+  /**
+   * Asks the registry to mount `digest` from repository `fromPath` (same registry) into this
+   * one. A registry that cannot mount answers with an upload session instead (returned, to
+   * upload into).
+   */
+  async mountBlob(digest: string, fromPath: string): Promise<MountResult> {
+    const endpoint = await this.pushEndpoint();
+    const url = new URL(`/v2/${this.ref.path}/blobs/uploads/`, endpoint.origin);
+    url.searchParams.set('mount', digest);
+    url.searchParams.set('from', fromPath);
+    const res = await this.authorizedRequest('POST', url, {
+      body: '',
+      headers: { 'content-length': '0' },
+      extraScopes: [`repository:${fromPath}:pull`],
+    });
+    const status = res.statusCode ?? 0;
+    if (status === 201) {
+      res.resume();
+      return { mounted: true };
+    }
+    if (status === 202) {
+      res.resume();
+      const location = res.headers.location;
+      return { mounted: false, ...(typeof location === 'string' ? { location } : {}) };
+    }
+    // A registry that refuses mounts (or the source scope) is no reason to fail the push.
+    const info = await registryErrorOf(res);
+    this.client.log.debug('cross-repository mount refused', { digest, from: fromPath, error: info.text });
+    return { mounted: false };
+  }
+
+  /**
+   * Uploads a blob whose digest and size are known. `body` makes a fresh stream of its bytes
+   * (called again if the request must be retried after an auth challenge).
+   */
+  async uploadBlob(
+    digest: string,
+    size: number,
+    body: () => NodeJS.ReadableStream,
+    options: UploadOptions = {},
+  ): Promise<void> {
+    const endpoint = await this.pushEndpoint();
+    let location = options.location;
+    if (location === undefined) {
+      const start = new URL(`/v2/${this.ref.path}/blobs/uploads/`, endpoint.origin);
+      const res = await this.authorizedRequest('POST', start, {
+        body: '',
+        headers: { 'content-length': '0' },
+      });
+      const status = res.statusCode ?? 0;
+      if (status !== 202) throw await this.pushError(res, `POST ${start.pathname}`);
+      res.resume();
+      location = this.locationOf(res, start);
+    }
+    const counted = (): NodeJS.ReadableStream => {
+      const stream = body();
+      let sent = 0;
+      stream.on('data', (chunk: Buffer) => {
+        sent += chunk.length;
+        options.onBytes?.(sent);
+      });
+      return stream;
+    };
+    let uploadUrl = new URL(location, endpoint.origin);
+    if ((options.mode ?? 'chunked') === 'chunked') {
+      const res = await this.authorizedRequest('PATCH', uploadUrl, {
+        body: counted,
+        headers: { 'content-type': 'application/octet-stream' },
+      });
+      const status = res.statusCode ?? 0;
+      if (status !== 202 && status !== 204) throw await this.pushError(res, `PATCH ${uploadUrl.pathname}`);
+      res.resume();
+      uploadUrl = new URL(this.locationOf(res, uploadUrl), endpoint.origin);
+      uploadUrl.searchParams.set('digest', digest);
+      const done = await this.authorizedRequest('PUT', uploadUrl, {
+        body: '',
+        headers: { 'content-length': '0' },
+      });
+      await this.expectCreated(done, digest, uploadUrl);
+      return;
+    }
+    uploadUrl.searchParams.set('digest', digest);
+    const res = await this.authorizedRequest('PUT', uploadUrl, {
+      body: counted,
+      headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) },
+    });
+    await this.expectCreated(res, digest, uploadUrl);
+  }
+
+  /** PUTs a manifest under a tag (or digest); returns the digest the registry stored. */
+  async putManifest(tagOrDigest: string, mediaType: string, bytes: Buffer): Promise<string> {
+    const endpoint = await this.pushEndpoint();
+    const url = new URL(`/v2/${this.ref.path}/manifests/${tagOrDigest}`, endpoint.origin);
+    const res = await this.authorizedRequest('PUT', url, {
+      body: bytes,
+      headers: { 'content-type': mediaType, 'content-length': String(bytes.length) },
+    });
+    const status = res.statusCode ?? 0;
+    if (status !== 201 && status !== 200) throw await this.pushError(res, `PUT ${url.pathname}`);
+    res.resume();
+    const digest = sha256Digest(bytes);
+    const announced = res.headers['docker-content-digest'];
+    if (typeof announced === 'string' && announced !== '' && announced !== digest) {
+      throw new DataLossError(`registry stored manifest ${announced}, expected ${digest}`);
+    }
+    return digest;
+  }
+
+  private locationOf(res: IncomingMessage, base: URL): string {
+    const location = res.headers.location;
+    if (typeof location !== 'string' || location === '') {
+      throw new SystemError(`registry answered ${base.pathname} without an upload location`);
+    }
+    return new URL(location, base).toString();
+  }
+
+  private async expectCreated(res: IncomingMessage, digest: string, url: URL): Promise<void> {
+    const status = res.statusCode ?? 0;
+    if (status !== 201 && status !== 204) throw await this.pushError(res, `PUT ${url.pathname}`);
+    res.resume();
+    const announced = res.headers['docker-content-digest'];
+    if (typeof announced === 'string' && announced !== '' && announced !== digest) {
+      throw new DataLossError(`registry stored blob ${announced}, expected ${digest}`);
+    }
+  }
+
+  /** A push-side error response in the taxonomy, with distribution's text. */
+  private async pushError(res: IncomingMessage, what: string): Promise<CapsuleError> {
+    const info = await registryErrorOf(res);
+    const status = res.statusCode ?? 0;
+    if (info.code === 'UNAUTHORIZED' || status === 401) return new UnauthorizedError(info.text);
+    if (info.code === 'DENIED' || status === 403) return new ForbiddenError(info.text);
+    if (info.code === 'NAME_UNKNOWN' || info.code === 'BLOB_UNKNOWN' || status === 404) {
+      return new NotFoundError(info.text);
+    }
+    if (status === 429 || status >= 500) return new UnavailableError(info.text);
+    this.client.log.debug('registry refused a push request', { what, status, error: info.text });
+    return new SystemError(info.text);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -630,29 +854,35 @@ export class RemoteRepository {
       .slice(0, 16);
   }
 
-  private tokenKey(challenge: Challenge): string {
+  private tokenKey(challenge: Challenge, scopes: string[]): string {
     const origin = this.ping?.endpoint.origin ?? '';
     return [
       origin,
       this.credentialKey(),
       challenge.params.realm ?? '',
       challenge.params.service ?? '',
-      this.scope,
+      scopes.join(' '),
     ].join('|');
   }
 
   /** The Authorization header value for a request, per the endpoint's challenges. */
-  private async authorization(requestUrl: URL): Promise<string | undefined> {
+  private async authorization(
+    requestUrl: URL,
+    scopes: string[],
+    method: string,
+  ): Promise<string | undefined> {
     const challenges = this.ping?.challenges ?? [];
     const bearer = challenges.find((c) => c.scheme === 'bearer');
     if (bearer !== undefined) {
       if (this.auth.registrytoken) return `Bearer ${this.auth.registrytoken}`;
-      return `Bearer ${await this.token(bearer, requestUrl)}`;
+      return `Bearer ${await this.token(bearer, requestUrl, scopes, method)}`;
     }
     const basic = challenges.find((c) => c.scheme === 'basic');
     if (basic !== undefined) {
       if (!this.auth.username && !this.auth.password) {
-        throw new UnauthorizedError(`Get "${requestUrl.toString()}": no basic auth credentials`);
+        throw new UnauthorizedError(
+          `${goMethod(method)} "${requestUrl.toString()}": no basic auth credentials`,
+        );
       }
       const raw = `${this.auth.username ?? ''}:${this.auth.password ?? ''}`;
       return `Basic ${Buffer.from(raw, 'utf8').toString('base64')}`;
@@ -660,21 +890,25 @@ export class RemoteRepository {
     return undefined;
   }
 
-  private async token(challenge: Challenge, requestUrl: URL): Promise<string> {
-    const key = this.tokenKey(challenge);
+  private async token(
+    challenge: Challenge,
+    requestUrl: URL,
+    scopes: string[],
+    method: string,
+  ): Promise<string> {
+    const key = this.tokenKey(challenge, scopes);
     const cached = this.client.cachedToken(key);
     if (cached !== undefined) return cached;
+    const where = `${goMethod(method)} "${requestUrl.toString()}"`;
     const realm = challenge.params.realm;
     if (realm === undefined || realm === '') {
-      throw new UnauthorizedError(`Get "${requestUrl.toString()}": bearer challenge without a realm`);
+      throw new UnauthorizedError(`${where}: bearer challenge without a realm`);
     }
     let realmUrl: URL;
     try {
       realmUrl = new URL(realm);
     } catch {
-      throw new UnauthorizedError(
-        `Get "${requestUrl.toString()}": invalid bearer realm ${JSON.stringify(realm)}`,
-      );
+      throw new UnauthorizedError(`${where}: invalid bearer realm ${JSON.stringify(realm)}`);
     }
     const service = challenge.params.service ?? '';
     const skipTlsVerify = this.ping?.endpoint.skipTlsVerify ?? false;
@@ -685,7 +919,7 @@ export class RemoteRepository {
         grant_type: 'refresh_token',
         refresh_token: this.auth.identitytoken,
         service,
-        scope: this.scope,
+        scope: scopes.join(' '),
         client_id: 'capsule',
         access_type: 'offline',
       });
@@ -703,7 +937,7 @@ export class RemoteRepository {
     } else {
       const url = new URL(realmUrl);
       if (service !== '') url.searchParams.set('service', service);
-      url.searchParams.append('scope', this.scope);
+      for (const scope of scopes) url.searchParams.append('scope', scope);
       const headers: Record<string, string> = { 'user-agent': this.client.userAgent };
       if (this.auth.username || this.auth.password) {
         url.searchParams.set('account', this.auth.username ?? '');
@@ -721,7 +955,7 @@ export class RemoteRepository {
     const status = res.statusCode ?? 0;
     if (status < 200 || status >= 300) {
       const info = await registryErrorOf(res);
-      const text = `Get "${requestUrl.toString()}": ${info.text}`;
+      const text = `${where}: ${info.text}`;
       if (status === 401 || info.code === 'UNAUTHORIZED') throw new UnauthorizedError(text);
       if (status === 403 || info.code === 'DENIED') throw new UnauthorizedError(text);
       if (status >= 500) throw new UnavailableError(text);
@@ -732,9 +966,7 @@ export class RemoteRepository {
     try {
       doc = JSON.parse(body.toString('utf8')) as typeof doc;
     } catch {
-      throw new UnauthorizedError(
-        `Get "${requestUrl.toString()}": invalid token response from ${realmUrl.origin}`,
-      );
+      throw new UnauthorizedError(`${where}: invalid token response from ${realmUrl.origin}`);
     }
     const token =
       typeof doc.token === 'string' && doc.token !== ''
@@ -743,27 +975,42 @@ export class RemoteRepository {
           ? doc.access_token
           : '';
     if (token === '') {
-      throw new UnauthorizedError(
-        `Get "${requestUrl.toString()}": authorization server did not include a token in the response`,
-      );
+      throw new UnauthorizedError(`${where}: authorization server did not include a token in the response`);
     }
     const expiresIn = typeof doc.expires_in === 'number' ? doc.expires_in : MIN_TOKEN_LIFETIME_S;
     this.client.storeToken(key, token, expiresIn);
     return token;
   }
 
-  /** GET with auth; one retry on a 401 that brings a (new) Bearer challenge. */
-  private async authorizedGet(url: URL, extra: { accept?: string }): Promise<IncomingMessage> {
+  /**
+   * A request with auth; one retry on a 401 that brings a (new) Bearer challenge (the body is
+   * bytes or a stream factory, so it can be sent again). Authorization goes only to the
+   * registry's own origin (an upload location may point elsewhere).
+   */
+  private async authorizedRequest(
+    method: RequestSpec['method'],
+    url: URL,
+    extra: {
+      accept?: string;
+      headers?: Record<string, string>;
+      body?: RequestBody;
+      extraScopes?: string[];
+    },
+  ): Promise<IncomingMessage> {
     const endpoint = (this.ping as PingResult).endpoint;
+    const scopes = [this.scope, ...(extra.extraScopes ?? [])];
     for (let attempt = 0; ; attempt++) {
-      const headers: Record<string, string> = { 'user-agent': this.client.userAgent };
+      const headers: Record<string, string> = { 'user-agent': this.client.userAgent, ...extra.headers };
       if (extra.accept !== undefined) headers.accept = extra.accept;
-      const authorization = await this.authorization(url);
-      if (authorization !== undefined) headers.authorization = authorization;
+      if (url.origin === endpoint.origin) {
+        const authorization = await this.authorization(url, scopes, method);
+        if (authorization !== undefined) headers.authorization = authorization;
+      }
       const { res } = await send({
-        method: 'GET',
+        method,
         url,
         headers,
+        ...(extra.body !== undefined ? { body: extra.body } : {}),
         skipTlsVerify: endpoint.skipTlsVerify,
         ...(this.signal ? { signal: this.signal } : {}),
       });
@@ -777,7 +1024,7 @@ export class RemoteRepository {
         // The registry did not challenge the ping, or the token went stale: fetch a fresh one.
         if (hadBearer) {
           const old = (this.ping?.challenges ?? []).find((c) => c.scheme === 'bearer');
-          if (old) this.client.forgetToken(this.tokenKey(old));
+          if (old) this.client.forgetToken(this.tokenKey(old, scopes));
         }
         this.ping = { endpoint, challenges };
         res.resume();

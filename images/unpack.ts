@@ -97,6 +97,8 @@ export interface ExtractOptions {
 export interface ExtractResult {
   /** sha256 of the uncompressed tar stream: "sha256:<hex>". */
   diffID: string;
+  /** Length of the uncompressed tar stream. */
+  tarSize: number;
 }
 
 interface DirMeta {
@@ -526,6 +528,7 @@ export async function extractLayer(
 
   const extractor = new Extractor(dest, options.log);
   const hash = createHash('sha256');
+  let tarSize = 0;
   const extract = tar.extract();
   const entriesDone = new Promise<void>((resolve, reject) => {
     extract.on('entry', (header, stream, next) => {
@@ -549,6 +552,7 @@ export async function extractLayer(
   try {
     for await (const chunk of plain as AsyncIterable<Buffer>) {
       hash.update(chunk);
+      tarSize += chunk.length;
       if (!extract.write(chunk)) await waitForDrain(extract, entriesDone);
     }
     extract.end(undefined);
@@ -564,7 +568,7 @@ export async function extractLayer(
     throw normalizeStreamError(reason);
   }
   await extractor.finish();
-  return { diffID: `sha256:${hash.digest('hex')}` };
+  return { diffID: `sha256:${hash.digest('hex')}`, tarSize };
 }
 
 function normalizeStreamError(err: unknown): unknown {

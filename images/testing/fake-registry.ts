@@ -1,11 +1,13 @@
 /**
  * A FAKE registry (registry API v2 subset) in node:http, for unit tests of the registry client and
- * the image service: anonymous, Basic or Bearer auth (with its own token endpoint), blob
- * redirects to a second origin ("storage"), and knobs to misbehave (corrupt blobs, wrong
- * manifests). It records the requests it saw. Not a real registry: integration tests use
- * Debian's docker-registry.
+ * the image service: anonymous, Basic or Bearer auth (with its own token endpoint, scopes checked
+ * per action: GET/HEAD need pull, the rest pull,push), blob redirects to a second origin
+ * ("storage"), the push side (HEAD, uploads by POST+PUT or POST+PATCH+PUT, cross-repository
+ * mounts, manifest PUT), and knobs to misbehave (corrupt blobs, wrong manifests, failing
+ * uploads). It records the requests it saw. Not a real registry: integration tests use Debian's
+ * docker-registry.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 
@@ -16,7 +18,10 @@ export type FakeAuth =
 
 export interface FakeRequest {
   method: string;
+  /** The path, without the query. */
   url: string;
+  /** The query string ("?mount=…&from=…"), "" when none. */
+  query: string;
   authorization?: string;
   origin: 'registry' | 'storage';
 }
@@ -39,10 +44,16 @@ export class FakeRegistry {
   redirectBlobs = false;
   /** Delay before each blob body (ms), to hold downloads open. */
   blobDelayMs = 0;
+  /** Answer this many upload requests (PATCH / PUT of a blob) with 503 first. */
+  failUploads = 0;
+  /** Refuse cross-repository mounts (answer 202 with an upload session, as some registries do). */
+  refuseMounts = false;
   private readonly repos = new Map<string, Repo>();
+  private readonly uploads = new Map<string, { name: string; chunks: Buffer[] }>();
   private server: http.Server | undefined;
   private storage: http.Server | undefined;
-  private issued = new Set<string>();
+  /** token → the scopes it was issued for. */
+  private issued = new Map<string, string[]>();
   private tokenCounter = 0;
 
   constructor(public auth: FakeAuth = { kind: 'none' }) {}
@@ -76,6 +87,21 @@ export class FakeRegistry {
     return digest;
   }
 
+  /** Accepts `token` as a Bearer token for `scopes` (a token issued elsewhere, e.g. X-Registry-Auth's registrytoken). */
+  grantToken(token: string, scopes: string[]): void {
+    this.issued.set(token, scopes);
+  }
+
+  /** A blob of a repository, if stored (pushed or added). */
+  blob(name: string, digest: string): Buffer | undefined {
+    return this.repos.get(name)?.blobs.get(digest);
+  }
+
+  /** A manifest of a repository by tag or digest, if stored. */
+  manifest(name: string, key: string): { mediaType: string; bytes: Buffer } | undefined {
+    return this.repos.get(name)?.manifests.get(key);
+  }
+
   /** Serves `bytes` for `key` (a tag or a digest) without checking that they match. */
   setManifestBytes(name: string, key: string, mediaType: string, bytes: Buffer): void {
     this.repo(name).manifests.set(key, { mediaType, bytes });
@@ -106,6 +132,7 @@ export class FakeRegistry {
     return '';
   }
 
+  /** `scope` is "repository:<name>:<actions>" or undefined (the /v2/ ping: any token will do). */
   private authorised(req: http.IncomingMessage, scope: string | undefined): boolean {
     const header = req.headers.authorization ?? '';
     if (this.auth.kind === 'none') return true;
@@ -114,10 +141,16 @@ export class FakeRegistry {
       return header === expected;
     }
     const token = header.startsWith('Bearer ') ? header.slice(7) : '';
-    return (
-      this.issued.has(`${token}|${scope ?? ''}`) ||
-      (scope === undefined && [...this.issued].some((k) => k.startsWith(`${token}|`)))
-    );
+    const granted = this.issued.get(token);
+    if (granted === undefined) return false;
+    if (scope === undefined) return true;
+    const [, name, actions = ''] = scope.split(':');
+    const wanted = actions.split(',');
+    return granted.some((g) => {
+      const [type, gName, gActions = ''] = g.split(':');
+      const have = gActions.split(',');
+      return type === 'repository' && gName === name && wanted.every((a) => have.includes(a));
+    });
   }
 
   private deny(res: http.ServerResponse, scope?: string): void {
@@ -152,7 +185,7 @@ export class FakeRegistry {
       }
     }
     const token = `tok${++this.tokenCounter}`;
-    this.issued.add(`${token}|${scope ?? ''}`);
+    this.issued.set(token, url.searchParams.getAll('scope'));
     res.writeHead(200, { 'content-type': 'application/json' });
     res.end(JSON.stringify({ token, expires_in: this.auth.tokenLifetimeS ?? 300 }));
   }
@@ -162,6 +195,7 @@ export class FakeRegistry {
     this.requests.push({
       method: req.method ?? '',
       url: url.pathname,
+      query: url.search,
       origin: 'registry',
       ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}),
     });
@@ -169,6 +203,10 @@ export class FakeRegistry {
     if (url.pathname === '/v2/') {
       if (!this.authorised(req, undefined)) return this.deny(res);
       res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+      return;
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      this.servePush(req, res, url);
       return;
     }
     const m = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/.exec(url.pathname);
@@ -179,6 +217,18 @@ export class FakeRegistry {
     const [, name = '', kind, ref = ''] = m;
     const scope = `repository:${name}:pull`;
     if (!this.authorised(req, scope)) return this.deny(res, scope);
+    if (req.method === 'HEAD') {
+      const found =
+        kind === 'blobs'
+          ? this.repos.get(name)?.blobs.get(ref)
+          : this.repos.get(name)?.manifests.get(ref)?.bytes;
+      if (found === undefined) {
+        res.writeHead(404).end();
+        return;
+      }
+      res.writeHead(200, { 'content-length': found.length, 'docker-content-digest': digestOf(found) }).end();
+      return;
+    }
     const repo = this.repos.get(name);
     if (kind === 'manifests') {
       const entry = repo?.manifests.get(ref);
@@ -202,10 +252,106 @@ export class FakeRegistry {
     this.sendBlob(res, ref, blob);
   }
 
+  /** POST/PATCH/PUT: uploads, mounts, manifests (scope pull,push on the target repository). */
+  private servePush(req: http.IncomingMessage, res: http.ServerResponse, url: URL): void {
+    const start = /^\/v2\/(.+)\/blobs\/uploads\/$/.exec(url.pathname);
+    const upload = /^\/v2\/(.+)\/blobs\/uploads\/([a-f0-9-]+)$/.exec(url.pathname);
+    const manifest = /^\/v2\/(.+)\/manifests\/([^/]+)$/.exec(url.pathname);
+    const name = start?.[1] ?? upload?.[1] ?? manifest?.[1];
+    if (name === undefined) {
+      req.resume();
+      res.writeHead(404).end();
+      return;
+    }
+    const scope = `repository:${name}:pull,push`;
+    const body: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => body.push(chunk));
+    req.on('end', () => {
+      if (!this.authorised(req, scope)) return this.deny(res, scope);
+      const data = Buffer.concat(body);
+      if (start && req.method === 'POST') {
+        const mount = url.searchParams.get('mount');
+        const from = url.searchParams.get('from');
+        if (mount !== null && from !== null && !this.refuseMounts) {
+          const fromScope = `repository:${from}:pull`;
+          const blob = this.repos.get(from)?.blobs.get(mount);
+          if (blob !== undefined && this.authorised(req, fromScope)) {
+            this.repo(name).blobs.set(mount, blob);
+            res
+              .writeHead(201, { location: `/v2/${name}/blobs/${mount}`, 'docker-content-digest': mount })
+              .end();
+            return;
+          }
+        }
+        const uuid = randomUUID();
+        this.uploads.set(uuid, { name, chunks: [] });
+        res.writeHead(202, { location: `/v2/${name}/blobs/uploads/${uuid}?_state=s0`, range: '0-0' }).end();
+        return;
+      }
+      if (upload && (req.method === 'PATCH' || req.method === 'PUT')) {
+        const session = this.uploads.get(upload[2] ?? '');
+        if (session === undefined || session.name !== name) {
+          return errorResponse(res, 404, 'BLOB_UPLOAD_UNKNOWN', 'blob upload unknown to registry');
+        }
+        if (this.failUploads > 0) {
+          this.failUploads--;
+          this.uploads.delete(upload[2] ?? '');
+          return errorResponse(res, 503, 'UNAVAILABLE', 'service unavailable');
+        }
+        session.chunks.push(data);
+        if (req.method === 'PATCH') {
+          const size = session.chunks.reduce((n, c) => n + c.length, 0);
+          res
+            .writeHead(202, {
+              location: `/v2/${name}/blobs/uploads/${upload[2] ?? ''}?_state=s${size}`,
+              range: `0-${Math.max(0, size - 1)}`,
+            })
+            .end();
+          return;
+        }
+        const blob = Buffer.concat(session.chunks);
+        const digest = url.searchParams.get('digest');
+        this.uploads.delete(upload[2] ?? '');
+        if (digest !== digestOf(blob)) {
+          return errorResponse(res, 400, 'DIGEST_INVALID', 'provided digest did not match uploaded content');
+        }
+        this.repo(name).blobs.set(digest, blob);
+        res
+          .writeHead(201, { location: `/v2/${name}/blobs/${digest}`, 'docker-content-digest': digest })
+          .end();
+        return;
+      }
+      if (manifest && req.method === 'PUT') {
+        const mediaType = String(req.headers['content-type'] ?? '');
+        let doc: { config?: { digest?: string }; layers?: Array<{ digest?: string }> };
+        try {
+          doc = JSON.parse(data.toString('utf8')) as typeof doc;
+        } catch {
+          return errorResponse(res, 400, 'MANIFEST_INVALID', 'manifest invalid');
+        }
+        const repo = this.repo(name);
+        for (const d of [doc.config?.digest, ...(doc.layers ?? []).map((l) => l.digest)]) {
+          if (d === undefined || !repo.blobs.has(d)) {
+            return errorResponse(res, 400, 'MANIFEST_BLOB_UNKNOWN', 'blob unknown to registry');
+          }
+        }
+        const digest = digestOf(data);
+        repo.manifests.set(digest, { mediaType, bytes: data });
+        repo.manifests.set(manifest[2] ?? '', { mediaType, bytes: data });
+        res
+          .writeHead(201, { location: `/v2/${name}/manifests/${digest}`, 'docker-content-digest': digest })
+          .end();
+        return;
+      }
+      res.writeHead(405).end();
+    });
+  }
+
   private serveStorage(req: http.IncomingMessage, res: http.ServerResponse): void {
     this.requests.push({
       method: req.method ?? '',
       url: req.url ?? '',
+      query: '',
       origin: 'storage',
       ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}),
     });
