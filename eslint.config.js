@@ -9,8 +9,10 @@ function forbid(...layers) {
     'no-restricted-imports': [
       'error',
       {
+        // Anchored to a relative path that climbs out of the folder and then names the layer, so
+        // api/routes/images.ts may import './routes/images' but nothing may import '../../images/x'.
         patterns: layers.map((layer) => ({
-          group: [`**/${layer}`, `**/${layer}/**`],
+          regex: `^(\\.\\./)+${layer.replace('/', '\\/')}(/|$)`,
           message: `layer rule (DESIGN.md): this folder must not import from ${layer}/`,
         })),
       },

@@ -1,0 +1,348 @@
+/**
+ * Container routes. Handlers parse and validate, make one backend call and write the status; the
+ * streaming ones (wait, attach, logs) send their headers as soon as the request is known valid.
+ */
+import { Router, type Request, type Response } from 'express';
+import { InvalidParameterError } from '../../common/errdefs';
+import type { Logger } from '../../common/logger';
+import { formatRFC3339NanoFixed, parseUnixTimestamp } from '../../daemon/time';
+import type {
+  AttachOptions,
+  AttachSession,
+  ContainerView,
+  CreateContainerRequest,
+  CreateContainerResult,
+  ListContainersOptions,
+  LogsOptions,
+  LogsResult,
+  OutputChunk,
+  RemoveOptions,
+  StopOptions,
+  WaitCondition,
+  WaitHandle,
+} from '../../daemon/types';
+import { readJsonBody } from '../body';
+import { clientGone, logClientGone, sendJson } from '../errors';
+import { parseFilters, queryBool, queryInt, queryString } from '../query';
+import { hijack } from '../streams/hijack';
+import { encodeChunk, streamContentType } from '../streams/multiplex';
+import {
+  decodeCreateBody,
+  toContainerJSON,
+  toContainerSummary,
+  type ContainerWaitResponse,
+} from '../types/containers';
+import { STORAGE_DRIVER } from '../types/system';
+import { versionAtLeast } from '../version';
+
+/** Create, inspect, list and the state transitions. */
+export interface ContainerStateBackend {
+  containerCreate(request: CreateContainerRequest): Promise<CreateContainerResult>;
+  containerInspect(ref: string): ContainerView;
+  containerList(options: ListContainersOptions): Promise<ContainerView[]>;
+  containerStart(ref: string): Promise<void>;
+  containerStop(ref: string, options: StopOptions): Promise<void>;
+  containerRestart(ref: string, options: StopOptions): Promise<void>;
+  containerKill(ref: string, signal: string | undefined): Promise<void>;
+  containerRemove(ref: string, options: RemoveOptions): Promise<void>;
+  containerResize(ref: string, height: number, width: number): Promise<void>;
+}
+
+export interface ContainerWaitBackend {
+  /** Subscribes before returning (a fast exit cannot be missed); throws NotFound. */
+  containerWait(ref: string, condition: WaitCondition): WaitHandle;
+}
+
+export interface ContainerAttachBackend {
+  containerAttach(ref: string, options: AttachOptions): AttachSession;
+}
+
+export interface ContainerLogsBackend {
+  containerLogs(ref: string, options: LogsOptions, signal?: AbortSignal): Promise<LogsResult>;
+}
+
+export type ContainersBackend = ContainerStateBackend &
+  ContainerWaitBackend &
+  ContainerAttachBackend &
+  ContainerLogsBackend;
+
+const WAIT_CONDITIONS = new Set<WaitCondition>(['not-running', 'next-exit', 'removed']);
+
+/** dockerd's detach keys ("ctrl-p,ctrl-q" by default) as bytes. */
+export function parseDetachKeys(text: string | undefined): Buffer {
+  if (text === undefined || text === '') return Buffer.from([0x10, 0x11]);
+  const bytes: number[] = [];
+  for (const key of text.split(',')) {
+    const k = key.trim().toLowerCase();
+    const ctrl = /^ctrl-([a-z@[\\\]^_])$/.exec(k);
+    if (ctrl?.[1] !== undefined) {
+      const c = ctrl[1];
+      bytes.push(c >= 'a' && c <= 'z' ? c.charCodeAt(0) - 0x60 : c.charCodeAt(0) - 0x40);
+    } else if (key.length === 1) {
+      bytes.push(key.charCodeAt(0));
+    } else {
+      throw new InvalidParameterError(`Invalid detach keys (${text}) provided`);
+    }
+  }
+  return Buffer.from(bytes);
+}
+
+/** Passes stdin through, holding back a partial detach sequence; reports a complete one. */
+export class DetachScanner {
+  private matched = 0;
+
+  constructor(private readonly keys: Buffer) {}
+
+  /** Bytes to forward, and whether the detach sequence completed (bytes after it are dropped). */
+  push(data: Buffer): { forward: Buffer; detach: boolean } {
+    const out: number[] = [];
+    for (const byte of data) {
+      if (byte === this.keys[this.matched]) {
+        this.matched++;
+        if (this.matched === this.keys.length) {
+          this.matched = 0;
+          return { forward: Buffer.from(out), detach: true };
+        }
+        continue;
+      }
+      for (let i = 0; i < this.matched; i++) out.push(this.keys[i] ?? 0);
+      this.matched = byte === this.keys[0] ? 1 : 0;
+      if (this.matched === 0) out.push(byte);
+    }
+    return { forward: Buffer.from(out), detach: false };
+  }
+}
+
+function ref(req: Request): string {
+  return String(req.params.id ?? '');
+}
+
+function stopOptions(req: Request): StopOptions {
+  const options: StopOptions = {};
+  const t = queryInt(req, 't');
+  if (t !== undefined) options.timeout = t;
+  if (versionAtLeast(req, '1.42')) {
+    const signal = queryString(req, 'signal');
+    if (signal) options.signal = signal;
+  }
+  return options;
+}
+
+/** A `since`/`until` value in unix seconds; 0 or absent = unset. */
+function logTime(req: Request, key: string): bigint | undefined {
+  const text = queryString(req, key);
+  if (text === undefined || text === '' || text === '0') return undefined;
+  const ns = parseUnixTimestamp(text);
+  if (ns === undefined)
+    throw new InvalidParameterError(`strconv.ParseInt: parsing ${JSON.stringify(text)}: invalid syntax`);
+  return ns === 0n ? undefined : ns;
+}
+
+function tailOf(req: Request): number | undefined {
+  const text = queryString(req, 'tail');
+  if (text === undefined || text === '' || text === 'all') return undefined;
+  if (!/^-?\d+$/.test(text)) return undefined;
+  const n = Number.parseInt(text, 10);
+  return n < 0 ? undefined : n;
+}
+
+function startWaitResponse(res: Response): void {
+  res.statusCode = 200;
+  res.setHeader('Content-Type', 'application/json');
+  res.flushHeaders();
+}
+
+export function createContainersRouter(backend: ContainersBackend, log: Logger): Router {
+  const router = Router();
+
+  router.post('/containers/create', async (req, res) => {
+    const body = await readJsonBody(req);
+    const { config, hostConfig } = decodeCreateBody(body);
+    const result = await backend.containerCreate({
+      name: queryString(req, 'name') ?? '',
+      config,
+      hostConfig,
+    });
+    sendJson(res, 201, { Id: result.id, Warnings: result.warnings });
+  });
+
+  router.get('/containers/json', async (req, res) => {
+    const containers = await backend.containerList({
+      all: queryBool(req, 'all'),
+      limit: queryInt(req, 'limit') ?? -1,
+      size: queryBool(req, 'size'),
+      filters: parseFilters(queryString(req, 'filters')),
+    });
+    const now = Date.now();
+    sendJson(
+      res,
+      200,
+      containers.map((c) => toContainerSummary(c, now)),
+    );
+  });
+
+  router.get('/containers/:id/json', (req, res) => {
+    sendJson(
+      res,
+      200,
+      toContainerJSON(backend.containerInspect(ref(req)), { storageDriver: STORAGE_DRIVER }),
+    );
+  });
+
+  router.post('/containers/:id/start', async (req, res) => {
+    await backend.containerStart(ref(req));
+    res.status(204).end();
+  });
+
+  router.post('/containers/:id/stop', async (req, res) => {
+    await backend.containerStop(ref(req), stopOptions(req));
+    res.status(204).end();
+  });
+
+  router.post('/containers/:id/restart', async (req, res) => {
+    await backend.containerRestart(ref(req), stopOptions(req));
+    res.status(204).end();
+  });
+
+  router.post('/containers/:id/kill', async (req, res) => {
+    await backend.containerKill(ref(req), queryString(req, 'signal'));
+    res.status(204).end();
+  });
+
+  router.delete('/containers/:id', async (req, res) => {
+    await backend.containerRemove(ref(req), {
+      force: queryBool(req, 'force'),
+      removeVolumes: queryBool(req, 'v'),
+    });
+    res.status(204).end();
+  });
+
+  router.post('/containers/:id/resize', async (req, res) => {
+    await backend.containerResize(ref(req), queryInt(req, 'h') ?? 0, queryInt(req, 'w') ?? 0);
+    res.status(200).end();
+  });
+
+  router.post('/containers/:id/wait', async (req, res) => {
+    const text = queryString(req, 'condition') ?? '';
+    const condition = (text === '' ? 'not-running' : text) as WaitCondition;
+    if (!WAIT_CONDITIONS.has(condition))
+      throw new InvalidParameterError(`invalid condition: ${JSON.stringify(text)}`);
+    // Subscribed (or 404) before the headers go out, so a fast exit cannot be missed.
+    const handle = backend.containerWait(ref(req), condition);
+    startWaitResponse(res);
+    const gone = new Promise<undefined>((resolve) => {
+      res.on('close', () => {
+        handle.cancel();
+        resolve(undefined);
+      });
+    });
+    const result = await Promise.race([handle.result, gone]);
+    if (!result || res.destroyed) return;
+    const body: ContainerWaitResponse = {
+      Error: result.error ? { Message: result.error } : null,
+      StatusCode: result.statusCode,
+    };
+    res.end(JSON.stringify(body) + '\n');
+  });
+
+  router.post('/containers/:id/attach', (req, res) => {
+    const options: AttachOptions = {
+      stdin: queryBool(req, 'stdin'),
+      stdout: queryBool(req, 'stdout'),
+      stderr: queryBool(req, 'stderr'),
+      stream: queryBool(req, 'stream'),
+      logs: queryBool(req, 'logs'),
+    };
+    const detachKeys = parseDetachKeys(queryString(req, 'detachKeys'));
+    const session = backend.containerAttach(ref(req), options);
+    attachStream(req, res, session, detachKeys, log);
+  });
+
+  router.get('/containers/:id/logs', async (req, res) => {
+    const abort = new AbortController();
+    const options: LogsOptions = {
+      stdout: queryBool(req, 'stdout'),
+      stderr: queryBool(req, 'stderr'),
+      follow: queryBool(req, 'follow'),
+      tail: tailOf(req),
+      sinceNs: logTime(req, 'since'),
+      untilNs: logTime(req, 'until'),
+    };
+    const timestamps = queryBool(req, 'timestamps');
+    const result = await backend.containerLogs(ref(req), options, abort.signal);
+    res.on('close', () => abort.abort());
+    res.statusCode = 200;
+    if (versionAtLeast(req, '1.42')) res.setHeader('Content-Type', streamContentType(result.tty, true));
+    res.flushHeaders();
+    for await (const entry of result.entries) {
+      if (res.destroyed) break;
+      const payload = timestamps
+        ? Buffer.concat([Buffer.from(`${formatRFC3339NanoFixed(entry.timeNs)} `), entry.data])
+        : entry.data;
+      const bytes = encodeChunk(result.tty, entry.stream, payload);
+      if (bytes && !res.write(bytes) && !res.destroyed) {
+        await new Promise<void>((resolve) => {
+          const done = (): void => {
+            res.off('drain', done);
+            res.off('close', done);
+            resolve();
+          };
+          res.on('drain', done);
+          res.on('close', done);
+        });
+      }
+    }
+    if (clientGone(req, res)) return logClientGone(log, req);
+    res.end();
+  });
+
+  return router;
+}
+
+/** Wires an attach session to the hijacked connection. */
+function attachStream(
+  req: Request,
+  res: Response,
+  session: AttachSession,
+  detachKeys: Buffer,
+  log: Logger,
+): void {
+  const tty = session.tty;
+  const stream = hijack(req, res, { contentType: streamContentType(tty, versionAtLeast(req, '1.42')) });
+  let closed = false;
+  const scanner = new DetachScanner(detachKeys);
+  const finish = (): void => {
+    if (closed) return;
+    closed = true;
+    session.detach();
+    stream.end();
+  };
+  session.start({
+    write: (chunk: OutputChunk) => {
+      const bytes = encodeChunk(tty, chunk.stream, chunk.data);
+      return bytes ? stream.write(bytes) : true;
+    },
+    drained: () => stream.drained(),
+    close: finish,
+  });
+  stream.input.on('data', (data: Buffer) => {
+    if (closed) return;
+    const { forward, detach } = scanner.push(data);
+    if (forward.length > 0) session.writeStdin(forward);
+    if (detach) {
+      log.debug('client detached', { container: session.containerId });
+      finish();
+    }
+  });
+  // The client's FIN ends its stdin only; output goes on until the run ends.
+  stream.input.on('end', () => {
+    if (!closed) session.endStdin();
+  });
+  stream.input.on('error', () => undefined);
+  void stream.closed.then(() => {
+    if (!closed) {
+      closed = true;
+      session.detach();
+    }
+  });
+}

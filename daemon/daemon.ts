@@ -1,0 +1,253 @@
+/**
+ * The daemon: builds the stores, the events bus and the container lifecycle once, around the
+ * image service and the sandbox runtime it is given, and offers the operations the API needs.
+ * No singletons: everything is created here and passed in.
+ */
+import { randomUUID } from 'node:crypto';
+import { promises as fs, readFileSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { writeFileAtomic } from '../common/atomic-write';
+import type { Logger } from '../common/logger';
+import type { ImageService, PullOptions } from '../images/types';
+import type { SandboxRuntime } from '../runtime/types';
+import type { DaemonConfig } from './config';
+import { ContainerService, RUNTIME_NAME } from './containers';
+import { EventsBus, eventMatches, validateEventFilters } from './events';
+import { ContainerStore } from './store';
+import { nowNs } from './time';
+import { BUILD_TIME, CAPSULE_VERSION, GIT_COMMIT } from './version';
+import type {
+  AttachOptions,
+  AttachSession,
+  ContainerView,
+  CreateContainerRequest,
+  CreateContainerResult,
+  DaemonEvent,
+  EventsOptions,
+  ImageRecord,
+  ListContainersOptions,
+  LogsOptions,
+  LogsResult,
+  PullProgress,
+  RemoveOptions,
+  StopOptions,
+  SystemInfo,
+  VersionInfo,
+  WaitCondition,
+  WaitHandle,
+} from './types';
+
+export interface DaemonOptions {
+  config: DaemonConfig;
+  log: Logger;
+  images: ImageService;
+  runtime: SandboxRuntime;
+}
+
+export { RUNTIME_NAME };
+
+function osRelease(): { prettyName: string; versionId: string } {
+  try {
+    const text = readFileSync('/etc/os-release', 'utf8');
+    const field = (key: string): string => {
+      const m = new RegExp(`^${key}=(.*)$`, 'm').exec(text);
+      return (m?.[1] ?? '').replace(/^"(.*)"$/, '$1');
+    };
+    return { prettyName: field('PRETTY_NAME') || 'Linux', versionId: field('VERSION_ID') };
+  } catch {
+    return { prettyName: 'Linux', versionId: '' };
+  }
+}
+
+export interface EventSubscription {
+  past: DaemonEvent[];
+  close(): void;
+}
+
+export class Daemon {
+  private readonly hostOs = osRelease();
+
+  constructor(
+    readonly config: DaemonConfig,
+    private readonly log: Logger,
+    private readonly images: ImageService,
+    private readonly runtime: SandboxRuntime,
+    private readonly containers: ContainerService,
+    private readonly events: EventsBus,
+    private readonly engineId: string,
+  ) {}
+
+  // ---- containers -----------------------------------------------------------------------------
+
+  containerCreate(request: CreateContainerRequest): Promise<CreateContainerResult> {
+    return this.containers.create(request);
+  }
+
+  containerInspect(ref: string): ContainerView {
+    return this.containers.inspect(ref);
+  }
+
+  containerList(options: ListContainersOptions): Promise<ContainerView[]> {
+    return this.containers.list(options);
+  }
+
+  containerStart(ref: string): Promise<void> {
+    return this.containers.start(ref);
+  }
+
+  containerStop(ref: string, options: StopOptions): Promise<void> {
+    return this.containers.stop(ref, options);
+  }
+
+  containerRestart(ref: string, options: StopOptions): Promise<void> {
+    return this.containers.restart(ref, options);
+  }
+
+  containerKill(ref: string, signal: string | undefined): Promise<void> {
+    return this.containers.kill(ref, signal);
+  }
+
+  containerRemove(ref: string, options: RemoveOptions): Promise<void> {
+    return this.containers.remove(ref, options);
+  }
+
+  containerWait(ref: string, condition: WaitCondition): WaitHandle {
+    return this.containers.wait(ref, condition);
+  }
+
+  containerAttach(ref: string, options: AttachOptions): AttachSession {
+    return this.containers.attach(ref, options);
+  }
+
+  containerLogs(ref: string, options: LogsOptions, signal?: AbortSignal): Promise<LogsResult> {
+    return this.containers.logs(ref, options, signal);
+  }
+
+  containerResize(ref: string, height: number, width: number): Promise<void> {
+    return this.containers.resize(ref, height, width);
+  }
+
+  // ---- images ---------------------------------------------------------------------------------
+
+  async imagePull(
+    reference: string,
+    options: PullOptions,
+    onProgress: (p: PullProgress) => void,
+  ): Promise<ImageRecord> {
+    const image = await this.images.pull(reference, options, onProgress);
+    this.events.publish('image', 'pull', { id: reference, attributes: { name: reference } });
+    return image;
+  }
+
+  imageList(): Promise<ImageRecord[]> {
+    return this.images.list();
+  }
+
+  imageInspect(reference: string): Promise<ImageRecord> {
+    return this.images.get(reference);
+  }
+
+  // ---- system ---------------------------------------------------------------------------------
+
+  async systemInfo(): Promise<SystemInfo> {
+    const counts = this.containers.counts();
+    const runtime = this.runtime.info();
+    const images = await this.images.list().then(
+      (l) => l.length,
+      () => 0,
+    );
+    return {
+      id: this.engineId,
+      name: os.hostname(),
+      serverVersion: CAPSULE_VERSION,
+      containers: counts.total,
+      containersRunning: counts.running,
+      containersPaused: counts.paused,
+      containersStopped: counts.stopped,
+      images,
+      ncpu: os.cpus().length,
+      memTotal: os.totalmem(),
+      operatingSystem: this.hostOs.prettyName,
+      osVersion: this.hostOs.versionId,
+      kernelVersion: runtime.guestKernelRelease,
+      hostKernelVersion: os.release(),
+      architecture: os.machine(),
+      dataRoot: this.config.dataRoot,
+      accel: runtime.accel,
+      hypervisor: runtime.hypervisor,
+      runtimeName: RUNTIME_NAME,
+      insecureRegistries: this.config.insecureRegistries,
+      debug: this.config.logLevel === 'debug',
+      systemTimeNs: nowNs(),
+      eventsListeners: this.events.listeners,
+    };
+  }
+
+  systemVersion(): VersionInfo {
+    const runtime = this.runtime.info();
+    return {
+      version: CAPSULE_VERSION,
+      gitCommit: GIT_COMMIT,
+      buildTime: BUILD_TIME,
+      kernelVersion: runtime.guestKernelRelease,
+      os: 'linux',
+      arch: os.arch() === 'x64' ? 'amd64' : os.arch(),
+      nodeVersion: process.version,
+      hypervisor: runtime.hypervisor,
+      accel: runtime.accel,
+    };
+  }
+
+  /** Past events (when `sinceNs` is given) and live ones matching the filters. */
+  subscribeEvents(options: EventsOptions, onEvent: (e: DaemonEvent) => void): EventSubscription {
+    validateEventFilters(options.filters);
+    const wanted = (e: DaemonEvent): boolean =>
+      eventMatches(e, options.filters) && (options.untilNs === undefined || e.timeNs <= options.untilNs);
+    const sub = this.events.subscribe(options.sinceNs, (e) => {
+      if (wanted(e)) onEvent(e);
+    });
+    return { past: sub.past.filter(wanted), close: sub.close };
+  }
+
+  /** Stops every container's sandbox and records their exits. */
+  async shutdown(): Promise<void> {
+    this.log.info('daemon shutting down');
+    await this.containers.shutdown();
+  }
+}
+
+async function loadEngineId(dataRoot: string): Promise<string> {
+  const file = path.join(dataRoot, 'engine-id');
+  try {
+    const id = (await fs.readFile(file, 'utf8')).trim();
+    if (id) return id;
+  } catch {
+    // first start
+  }
+  const id = randomUUID();
+  await writeFileAtomic(file, id + '\n', 0o600);
+  return id;
+}
+
+export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
+  const { config, log } = options;
+  await fs.mkdir(config.dataRoot, { recursive: true, mode: 0o711 });
+  await fs.mkdir(config.execRoot, { recursive: true, mode: 0o700 });
+  const events = new EventsBus();
+  const store = new ContainerStore(
+    path.join(config.dataRoot, 'containers'),
+    log.child({ component: 'store' }),
+  );
+  const containers = new ContainerService({
+    store,
+    images: options.images,
+    runtime: options.runtime,
+    events,
+    log: log.child({ component: 'containers' }),
+    execRoot: config.execRoot,
+  });
+  await containers.init();
+  const engineId = await loadEngineId(config.dataRoot);
+  return new Daemon(config, log, options.images, options.runtime, containers, events, engineId);
+}

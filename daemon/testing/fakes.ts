@@ -1,0 +1,513 @@
+/**
+ * Fakes of the image service and the sandbox runtime for unit tests (no root, no VM).
+ *
+ * FakeSandboxRuntime runs a "process" by interpreting a tiny shell: echo, printf, cat, sleep,
+ * exit, true, false, env, pwd, hostname, seq, trap '' SIG, `>&2` redirection, `;` and newlines,
+ * and `sh` reading commands from stdin. An unknown command fails the start as an OCI runtime
+ * does (exit code 127 carried on the error); `noexec` fails with 126.
+ */
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { InvalidParameterError, NotFoundError, UnavailableError } from '../../common/errdefs';
+import type {
+  ImageConfigFile,
+  ImageRecord,
+  ImageRuntimeConfig,
+  ImageService,
+  PullOptions,
+  PullProgress,
+} from '../../images/types';
+import type {
+  ExitResult,
+  RunningSandbox,
+  RuntimeInfo,
+  SandboxRuntime,
+  SandboxSpec,
+} from '../../runtime/types';
+
+// ---- images ---------------------------------------------------------------------------------------
+
+export interface FakeImageSpec {
+  /** "busybox:latest", "127.0.0.1:5000/x:1" … */
+  ref: string;
+  config?: ImageRuntimeConfig;
+  size?: number;
+  /** Pull fails with this message after the first progress line (an in-stream error). */
+  failMidway?: string;
+}
+
+/** "busybox" → "busybox:latest"; "docker.io/library/busybox:1" → "busybox:1". */
+export function normalizeFakeRef(ref: string): string {
+  let r = ref.replace(/^docker\.io\/library\//, '').replace(/^docker\.io\//, '');
+  if (r.startsWith('library/')) r = r.slice('library/'.length);
+  if (r.includes('@')) return r;
+  const lastSlash = r.lastIndexOf('/');
+  return r.slice(lastSlash + 1).includes(':') ? r : `${r}:latest`;
+}
+
+function makeImage(spec: FakeImageSpec): ImageRecord {
+  const config: ImageConfigFile = {
+    architecture: 'amd64',
+    os: 'linux',
+    created: '2026-11-29T18:21:32.557322944Z',
+    config: spec.config ?? { Env: ['PATH=/bin'], Cmd: ['sh'] },
+    rootfs: { type: 'layers', diff_ids: [`sha256:${createHash('sha256').update(spec.ref).digest('hex')}`] },
+    history: [{ created: '2026-11-29T18:21:32.557322944Z', created_by: 'fake', comment: 'Imported from -' }],
+  };
+  const id = `sha256:${createHash('sha256').update(JSON.stringify(config)).update(spec.ref).digest('hex')}`;
+  return {
+    id,
+    repoTags: [normalizeFakeRef(spec.ref)],
+    repoDigests: [],
+    created: config.created ?? '',
+    size: spec.size ?? 1982464,
+    config,
+  };
+}
+
+export class FakeImageService implements ImageService {
+  private readonly local = new Map<string, ImageRecord>();
+  private readonly registry = new Map<string, FakeImageSpec>();
+  readonly pulls: string[] = [];
+
+  constructor(options: { images?: FakeImageSpec[]; registry?: FakeImageSpec[] } = {}) {
+    for (const spec of options.images ?? []) this.add(spec);
+    for (const spec of options.registry ?? []) this.registry.set(normalizeFakeRef(spec.ref), spec);
+  }
+
+  add(spec: FakeImageSpec): ImageRecord {
+    const image = makeImage(spec);
+    this.local.set(normalizeFakeRef(spec.ref), image);
+    return image;
+  }
+
+  /** Points an existing name at a different image (the tag "moves"). */
+  retag(ref: string, config: ImageRuntimeConfig): ImageRecord {
+    return this.add({ ref, config: { ...config, Labels: { moved: String(Date.now()) } } });
+  }
+
+  async pull(
+    reference: string,
+    _options: PullOptions,
+    onProgress: (p: PullProgress) => void,
+  ): Promise<ImageRecord> {
+    const ref = normalizeFakeRef(reference);
+    this.pulls.push(ref);
+    const spec = this.registry.get(ref);
+    if (!spec) throw new NotFoundError(`manifest for ${ref} not found: manifest unknown: manifest unknown`);
+    const repo = ref.slice(0, ref.lastIndexOf(':'));
+    const tag = ref.slice(ref.lastIndexOf(':') + 1);
+    onProgress({ status: `Pulling from ${repo.includes('/') ? repo : `library/${repo}`}`, id: tag });
+    if (spec.failMidway) throw new UnavailableError(spec.failMidway);
+    onProgress({ status: 'Pulling fs layer', progressDetail: {}, id: '67fdf85e5cbd' });
+    onProgress({ status: 'Downloading', progressDetail: { current: 10, total: 20 }, id: '67fdf85e5cbd' });
+    onProgress({ status: 'Pull complete', progressDetail: {}, id: '67fdf85e5cbd' });
+    const image = this.add(spec);
+    onProgress({ status: `Digest: sha256:${'0'.repeat(64)}` });
+    onProgress({ status: `Status: Downloaded newer image for ${ref}` });
+    return image;
+  }
+
+  async get(reference: string): Promise<ImageRecord> {
+    const byName = this.local.get(normalizeFakeRef(reference));
+    if (byName) return byName;
+    const hex = reference.replace(/^sha256:/, '');
+    if (/^[0-9a-f]{4,64}$/.test(hex)) {
+      const matches = [...new Set(this.local.values())].filter((i) => i.id.slice(7).startsWith(hex));
+      if (matches.length === 1 && matches[0]) return matches[0];
+    }
+    throw new NotFoundError(`No such image: ${normalizeFakeRef(reference)}`);
+  }
+
+  async list(): Promise<ImageRecord[]> {
+    return [...new Set(this.local.values())];
+  }
+
+  async layerDirs(_image: ImageRecord): Promise<string[]> {
+    return [];
+  }
+}
+
+// ---- sandboxes ------------------------------------------------------------------------------------
+
+/** An error as the runtime reports a process that could not be started. */
+export class FakeStartError extends InvalidParameterError {
+  constructor(
+    message: string,
+    readonly exitCode: number,
+  ) {
+    super(message);
+  }
+}
+
+const KNOWN = new Set([
+  'echo',
+  'printf',
+  'cat',
+  'sleep',
+  'exit',
+  'true',
+  'false',
+  'env',
+  'pwd',
+  'hostname',
+  'seq',
+  'trap',
+  'sh',
+  '/bin/sh',
+]);
+
+/** Splits a script into commands at `;` and newlines, outside quotes. */
+function splitCommands(script: string): string[] {
+  const out: string[] = [];
+  let current = '';
+  let quote: string | undefined;
+  for (const ch of script) {
+    if (quote) {
+      if (ch === quote) quote = undefined;
+      current += ch;
+    } else if (ch === "'" || ch === '"') {
+      quote = ch;
+      current += ch;
+    } else if (ch === ';' || ch === '\n') {
+      out.push(current);
+      current = '';
+    } else current += ch;
+  }
+  out.push(current);
+  return out.map((c) => c.trim()).filter((c) => c !== '');
+}
+
+function tokenize(command: string): string[] {
+  const tokens: string[] = [];
+  let current: string | undefined;
+  let quote: string | undefined;
+  for (const ch of command) {
+    if (quote) {
+      if (ch === quote) quote = undefined;
+      else current = (current ?? '') + ch;
+    } else if (ch === "'" || ch === '"') {
+      quote = ch;
+      current ??= '';
+    } else if (ch === ' ' || ch === '\t') {
+      if (current !== undefined) tokens.push(current);
+      current = undefined;
+    } else current = (current ?? '') + ch;
+  }
+  if (current !== undefined) tokens.push(current);
+  return tokens;
+}
+
+function unescape(text: string): string {
+  return text.replace(/\\n/g, '\n').replace(/\\t/g, '\t').replace(/\\\\/g, '\\');
+}
+
+/** `exit N` unwinds the fake shell. */
+class ExitRequested extends Error {
+  constructor(readonly exitCode: number) {
+    super(`exit ${exitCode}`);
+  }
+}
+
+class Terminated extends Error {
+  constructor(readonly exitCode: number) {
+    super(`terminated (${exitCode})`);
+  }
+}
+
+export class FakeSandbox implements RunningSandbox {
+  readonly output: Readable;
+  readonly exited: Promise<ExitResult>;
+  readonly stdinReceived: Buffer[] = [];
+  stdinClosed = false;
+  readonly signals: number[] = [];
+  private stdinQueue: Buffer[] = [];
+  private stdinWake: (() => void) | undefined;
+  private readWake: (() => void) | undefined;
+  private readonly ignored = new Set<number>();
+  private terminate: ((code: number) => void) | undefined;
+  private terminatedWith: number | undefined;
+  private resolveExit!: (r: ExitResult) => void;
+  private done = false;
+
+  constructor(
+    readonly spec: SandboxSpec,
+    readonly vmPid: number,
+  ) {
+    this.output = new Readable({
+      objectMode: true,
+      highWaterMark: 4,
+      read: () => {
+        const wake = this.readWake;
+        this.readWake = undefined;
+        wake?.();
+      },
+    });
+    this.exited = new Promise((resolve) => (this.resolveExit = resolve));
+  }
+
+  /** Runs the process to completion; called by the runtime after start resolved. */
+  async run(): Promise<void> {
+    let code: number;
+    try {
+      code = await this.exec(this.spec.process.args);
+    } catch (err) {
+      code = err instanceof Terminated ? err.exitCode : 1;
+    }
+    await this.finish(this.terminatedWith ?? code);
+  }
+
+  private async finish(exitCode: number): Promise<void> {
+    if (this.done) return;
+    this.done = true;
+    this.output.push(null);
+    if (!this.output.readableEnded) {
+      await new Promise<void>((resolve) => {
+        this.output.once('end', resolve);
+        this.output.once('close', resolve);
+      });
+    }
+    this.resolveExit({ exitCode, oomKilled: false });
+  }
+
+  private checkTerminated(): void {
+    if (this.terminatedWith !== undefined) throw new Terminated(this.terminatedWith);
+  }
+
+  private async emit(stream: 1 | 2, text: string): Promise<void> {
+    this.checkTerminated();
+    let data = Buffer.from(text);
+    if (this.spec.process.tty) {
+      data = Buffer.from(text.replace(/\r?\n/g, '\r\n'));
+      stream = 1;
+    }
+    if (!this.output.push({ stream, data })) {
+      await new Promise<void>((resolve) => (this.readWake = resolve));
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.terminate = undefined;
+        resolve();
+      }, ms);
+      this.terminate = (code) => {
+        clearTimeout(timer);
+        reject(new Terminated(code));
+      };
+    });
+  }
+
+  /** Next stdin chunk, or undefined at EOF. */
+  private async readStdin(): Promise<Buffer | undefined> {
+    for (;;) {
+      this.checkTerminated();
+      const chunk = this.stdinQueue.shift();
+      if (chunk) return chunk;
+      if (this.stdinClosed || !this.spec.process.openStdin) return undefined;
+      await new Promise<void>((resolve, reject) => {
+        this.stdinWake = resolve;
+        this.terminate = (code) => reject(new Terminated(code));
+      });
+      this.terminate = undefined;
+    }
+  }
+
+  private async exec(argv: string[]): Promise<number> {
+    try {
+      return await this.execShell(argv);
+    } catch (err) {
+      if (err instanceof ExitRequested) return err.exitCode;
+      throw err;
+    }
+  }
+
+  private async execShell(argv: string[]): Promise<number> {
+    const [cmd, ...args] = argv;
+    switch (cmd) {
+      case 'sh':
+      case '/bin/sh': {
+        if (args[0] === '-c') return this.script(args[1] ?? '');
+        let status = 0;
+        let pending = '';
+        for (;;) {
+          const chunk = await this.readStdin();
+          if (!chunk) break;
+          pending += chunk.toString();
+          const lines = pending.split('\n');
+          pending = lines.pop() ?? '';
+          for (const line of lines) status = await this.script(line);
+        }
+        if (pending.trim()) status = await this.script(pending);
+        return status;
+      }
+      default:
+        return this.script(argv.map((a) => (/[\s;]/.test(a) ? `'${a}'` : a)).join(' '));
+    }
+  }
+
+  private async script(text: string): Promise<number> {
+    let status = 0;
+    for (const command of splitCommands(text)) {
+      let tokens = tokenize(command);
+      let stream: 1 | 2 = 1;
+      if (tokens[tokens.length - 1] === '>&2') {
+        stream = 2;
+        tokens = tokens.slice(0, -1);
+      }
+      const [name, ...args] = tokens;
+      switch (name) {
+        case undefined:
+          break;
+        case 'echo':
+          await this.emit(stream, `${args.join(' ')}\n`);
+          status = 0;
+          break;
+        case 'printf':
+          await this.emit(stream, unescape(args[0] ?? ''));
+          status = 0;
+          break;
+        case 'cat':
+          for (;;) {
+            const chunk = await this.readStdin();
+            if (!chunk) break;
+            await this.emit(stream, chunk.toString());
+          }
+          status = 0;
+          break;
+        case 'sleep': {
+          const arg = args[0] ?? '0';
+          await this.sleep(arg === 'infinity' ? 2 ** 31 - 1 : Number(arg) * 1000);
+          status = 0;
+          break;
+        }
+        case 'exit':
+          throw new ExitRequested(Number(args[0] ?? status));
+        case 'true':
+          status = 0;
+          break;
+        case 'false':
+          status = 1;
+          break;
+        case 'env':
+          await this.emit(stream, this.spec.process.env.map((e) => `${e}\n`).join(''));
+          status = 0;
+          break;
+        case 'pwd':
+          await this.emit(stream, `${this.spec.process.cwd || '/'}\n`);
+          break;
+        case 'hostname':
+          await this.emit(stream, `${this.spec.hostname}\n`);
+          break;
+        case 'seq': {
+          const n = Number(args[0] ?? '0');
+          for (let i = 1; i <= n; i++) await this.emit(stream, `${i}\n`);
+          status = 0;
+          break;
+        }
+        case 'trap':
+          for (const sig of args.slice(1))
+            this.ignored.add(sig === 'TERM' ? 15 : sig === 'INT' ? 2 : Number(sig));
+          break;
+        default:
+          await this.emit(2, `sh: ${name}: not found\n`);
+          status = 127;
+      }
+    }
+    return status;
+  }
+
+  async writeStdin(data: Buffer): Promise<void> {
+    if (this.stdinClosed) throw new Error('stdin closed');
+    this.stdinReceived.push(Buffer.from(data));
+    this.stdinQueue.push(Buffer.from(data));
+    const wake = this.stdinWake;
+    this.stdinWake = undefined;
+    wake?.();
+  }
+
+  async closeStdin(): Promise<void> {
+    this.stdinClosed = true;
+    const wake = this.stdinWake;
+    this.stdinWake = undefined;
+    wake?.();
+  }
+
+  async signal(signo: number): Promise<void> {
+    if (this.done) throw new Error('process already exited');
+    this.signals.push(signo);
+    if (signo !== 9 && this.ignored.has(signo)) return;
+    if (signo === 18 || signo === 28 || signo === 17) return; // CONT, WINCH, CHLD: default ignore
+    this.kill(128 + signo);
+  }
+
+  private kill(code: number): void {
+    if (this.terminatedWith !== undefined) return;
+    this.terminatedWith = code;
+    const terminate = this.terminate;
+    this.terminate = undefined;
+    terminate?.(code);
+    const wake = this.readWake;
+    this.readWake = undefined;
+    wake?.();
+  }
+
+  async destroy(): Promise<void> {
+    this.kill(137);
+    // A destroyed VM produces no more output: whatever is buffered is dropped.
+    if (!this.done) {
+      this.done = true;
+      this.output.push(null);
+      this.output.resume();
+      this.resolveExit({ exitCode: 137, oomKilled: false });
+    }
+    await this.exited;
+  }
+}
+
+export class FakeSandboxRuntime implements SandboxRuntime {
+  readonly started: SandboxSpec[] = [];
+  readonly sandboxes: FakeSandbox[] = [];
+  private nextPid = 40000;
+  /** Delay before a start resolves (a VM boot). */
+  startDelayMs = 0;
+
+  async start(spec: SandboxSpec): Promise<RunningSandbox> {
+    this.started.push(spec);
+    if (this.startDelayMs > 0) await new Promise((r) => setTimeout(r, this.startDelayMs));
+    const [cmd] = spec.process.args;
+    if (cmd === 'noexec' || cmd === '/etc/passwd') {
+      throw new FakeStartError(
+        `failed to create shim task: OCI runtime create failed: unable to start container process: exec: "${cmd}": permission denied: unknown`,
+        126,
+      );
+    }
+    if (cmd === undefined || !KNOWN.has(cmd)) {
+      const detail = cmd?.includes('/')
+        ? `stat ${cmd}: no such file or directory`
+        : `executable file not found in $PATH`;
+      throw new FakeStartError(
+        `failed to create shim task: OCI runtime create failed: unable to start container process: exec: "${cmd ?? ''}": ${detail}: unknown`,
+        127,
+      );
+    }
+    const sandbox = new FakeSandbox(spec, this.nextPid++);
+    this.sandboxes.push(sandbox);
+    setImmediate(() => void sandbox.run());
+    return sandbox;
+  }
+
+  info(): RuntimeInfo {
+    return { accel: 'tcg', guestKernelRelease: '6.1.0-fake-cloud-amd64', hypervisor: 'fake-qemu 7.2' };
+  }
+
+  async shutdown(): Promise<void> {
+    await Promise.all(this.sandboxes.map((s) => s.destroy()));
+  }
+
+  /** The sandbox of the latest run of a container. */
+  latest(containerId: string): FakeSandbox | undefined {
+    return [...this.sandboxes].reverse().find((s) => s.spec.containerId === containerId);
+  }
+}
