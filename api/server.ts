@@ -14,6 +14,7 @@ import express from 'express';
 import { messageOf } from '../common/errdefs';
 import type { Logger } from '../common/logger';
 import { errorHandler, notFoundHandler } from './errors';
+import { createAuthRouter, type AuthBackend } from './routes/auth';
 import { createContainersRouter, type ContainersBackend } from './routes/containers';
 import { createImagesRouter, type ImagesBackend } from './routes/images';
 import { createSystemRouter, type SystemBackend } from './routes/system';
@@ -21,7 +22,7 @@ import { isHijacked, markUpgrade, readUpgradeBody } from './streams/hijack';
 import { identityHeaders, versionPrefix } from './version';
 
 /** Everything the API needs from the daemon: the union of the routers' narrow backends. */
-export type ApiBackend = SystemBackend & ContainersBackend & ImagesBackend;
+export type ApiBackend = SystemBackend & ContainersBackend & ImagesBackend & AuthBackend;
 
 export function createApp(backend: ApiBackend, log: Logger): express.Express {
   const app = express();
@@ -37,6 +38,7 @@ export function createApp(backend: ApiBackend, log: Logger): express.Express {
   app.use(createSystemRouter(backend));
   app.use(createContainersRouter(backend, log));
   app.use(createImagesRouter(backend));
+  app.use(createAuthRouter(backend));
   app.use(notFoundHandler());
   app.use(errorHandler(log));
   return app;

@@ -1,15 +1,34 @@
 /**
- * Image routes: pull (POST /images/create), list, inspect. Image names may contain "/" and ":"
- * unescaped in the path (`/images/127.0.0.1:5000/bb:v1/json`): routes use a catch-all parameter.
+ * Image routes: pull and import (POST /images/create), list, inspect, history, tag, rmi, prune,
+ * push, save (GET /images/get, /images/{name}/get) and load. Image names may contain "/" and ":"
+ * unescaped in the path (`/images/127.0.0.1:5000/bb:v1/json`, `/images/127.0.0.1:5000/bb/push`):
+ * routes use a catch-all parameter. Handlers parse, make one backend call and write; statuses
+ * and texts come from the backend's errors.
  */
-import { Router, type Request } from 'express';
+import { pipeline } from 'node:stream/promises';
+import type { Readable } from 'node:stream';
+import { Router, type Request, type Response } from 'express';
 import { InvalidParameterError, NotImplementedError } from '../../common/errdefs';
-import type { ImageRecord, PullProgress, RegistryAuth } from '../../daemon/types';
+import type {
+  HistoryEntry,
+  ImageDeleteItem,
+  ImageListOptions,
+  ImageRemoveOptions,
+  ImageSummary,
+  ImportOptions,
+  LoadProgress,
+  LoadResult,
+  PruneReport,
+  PushProgress,
+} from '../../daemon/daemon-images';
+import type { FilterArgs, ImageRecord, PullProgress, RegistryAuth } from '../../daemon/types';
 import { sendJson } from '../errors';
-import { parseFilters, queryString } from '../query';
-import { jsonProgress } from '../streams/json-progress';
+import { parseFilters, queryBool, queryBoolOr, queryString } from '../query';
+import { readRequestBody } from '../streams/hijack';
+import { jsonProgress, type JsonProgressStream } from '../streams/json-progress';
 import { STORAGE_DRIVER } from '../types/system';
-import { toImageInspect, toImageSummary } from '../types/images';
+import { toDeleteItem, toHistoryItem, toImageInspect, toImageSummary, toPruneReport } from '../types/images';
+import { versionAtLeast } from '../version';
 
 export interface ImagesBackend {
   imagePull(
@@ -17,19 +36,70 @@ export interface ImagesBackend {
     options: { auth?: RegistryAuth; platform?: string; signal?: AbortSignal },
     onProgress: (p: PullProgress) => void,
   ): Promise<ImageRecord>;
-  imageList(): Promise<ImageRecord[]>;
+  imageList(options: ImageListOptions): Promise<ImageSummary[]>;
   imageInspect(reference: string): Promise<ImageRecord>;
+  imageHistory(reference: string): Promise<HistoryEntry[]>;
+  imageTag(source: string, repository: string, tag?: string): Promise<string>;
+  imageRemove(reference: string, options: ImageRemoveOptions): Promise<ImageDeleteItem[]>;
+  imagePrune(filters: FilterArgs): Promise<PruneReport>;
+  imagePush(
+    reference: string,
+    options: { auth?: RegistryAuth; tag?: string; signal?: AbortSignal },
+    onProgress: (p: PushProgress) => void,
+  ): Promise<void>;
+  imageSave(references: string[]): Promise<Readable>;
+  imageLoad(
+    archive: AsyncIterable<Uint8Array>,
+    options: { quiet: boolean; signal?: AbortSignal },
+    onProgress: (p: LoadProgress) => void,
+  ): Promise<LoadResult>;
+  imageImport(tarball: AsyncIterable<Uint8Array>, options: ImportOptions): Promise<ImageRecord>;
 }
 
-/** X-Registry-Auth: base64url(JSON); "e30=" ({}) and garbage mean no credentials. */
+/** Decoded auth JSON: the fields of dockerd's AuthConfig we use; `auth` is base64 "user:pass". */
+export function toRegistryAuth(json: unknown): RegistryAuth | undefined {
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) return undefined;
+  const o = json as Record<string, unknown>;
+  const out: RegistryAuth = {};
+  for (const key of ['username', 'password', 'identitytoken', 'registrytoken', 'serveraddress'] as const) {
+    const value = o[key];
+    if (typeof value === 'string' && value !== '') out[key] = value;
+  }
+  if (out.username === undefined && typeof o.auth === 'string' && o.auth !== '') {
+    const plain = Buffer.from(o.auth, 'base64').toString('utf8');
+    const colon = plain.indexOf(':');
+    if (colon > 0) {
+      out.username = plain.slice(0, colon);
+      out.password = plain.slice(colon + 1);
+    }
+  }
+  return Object.keys(out).length === 0 ? undefined : out;
+}
+
+/** X-Registry-Auth: base64url(JSON); "e30=" ({}) and garbage mean no credentials (as dockerd). */
 export function decodeRegistryAuth(header: string | undefined): RegistryAuth | undefined {
   if (!header) return undefined;
   try {
-    const json = JSON.parse(Buffer.from(header, 'base64url').toString('utf8')) as unknown;
-    if (typeof json !== 'object' || json === null || Object.keys(json).length === 0) return undefined;
-    return json as RegistryAuth;
+    return toRegistryAuth(JSON.parse(Buffer.from(header, 'base64url').toString('utf8')) as unknown);
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * Push credentials as dockerd reads them: the X-Registry-Auth header, or — only when there is
+ * no header — a JSON AuthConfig body; neither is 400 "Bad parameters and missing
+ * X-Registry-Auth: EOF".
+ */
+async function pushAuth(req: Request): Promise<RegistryAuth | undefined> {
+  const header = req.headers['x-registry-auth'];
+  if (typeof header === 'string' && header !== '') return decodeRegistryAuth(header);
+  const body = (await readRequestBody(req)).toString('utf8');
+  if (body.trim() === '') throw new InvalidParameterError('Bad parameters and missing X-Registry-Auth: EOF');
+  try {
+    return toRegistryAuth(JSON.parse(body) as unknown);
+  } catch (err) {
+    throw new InvalidParameterError(`Bad parameters and missing X-Registry-Auth: ${(err as Error).message}`);
   }
 }
 
@@ -46,77 +116,157 @@ export function catchAllName(req: Request, key = 'name'): string {
   return Array.isArray(value) ? value.join('/') : (value ?? '');
 }
 
-function globMatch(pattern: string, text: string): boolean {
-  const re = new RegExp(
-    `^${pattern
-      .replace(/[.+^${}()|[\]\\]/g, '\\$&')
-      .replace(/\*/g, '[^/]*')
-      .replace(/\?/g, '.')}$`,
-  );
-  return re.test(text);
+/** Every value of a repeated query parameter (`names=a&names=b`, `changes=…&changes=…`). */
+function queryAll(req: Request, key: string): string[] {
+  const value = (req.query as Record<string, unknown>)[key];
+  const values = Array.isArray(value) ? value : value === undefined ? [] : [value];
+  return values.filter((v): v is string => typeof v === 'string');
 }
 
-function referenceMatches(image: ImageRecord, pattern: string): boolean {
-  return image.repoTags.some((tag) => {
-    const repo = tag.slice(0, tag.lastIndexOf(':'));
-    return globMatch(pattern, tag) || globMatch(pattern, repo);
+/** An AbortSignal that fires when the client goes away before the response is complete. */
+function clientAbort(res: Response): AbortSignal {
+  const abort = new AbortController();
+  res.on('close', () => {
+    if (!res.writableFinished) abort.abort();
   });
+  return abort.signal;
+}
+
+/**
+ * Runs a streaming operation: a failure before the first line is an ordinary JSON error (its
+ * own status); after it, `{"errorDetail":…,"error":…}` in the stream.
+ */
+async function streamed(
+  res: Response,
+  run: (stream: JsonProgressStream) => Promise<void>,
+  options: { alwaysInStream?: boolean } = {},
+): Promise<void> {
+  const stream = jsonProgress(res);
+  if (options.alwaysInStream) stream.start();
+  try {
+    await run(stream);
+  } catch (err) {
+    if (!stream.started) throw err;
+    stream.fail(err);
+    return;
+  }
+  stream.end();
+}
+
+/** Writes an archive stream as application/x-tar; a failure mid-way cuts the connection. */
+async function sendArchive(res: Response, archive: Readable): Promise<void> {
+  res.statusCode = 200;
+  res.setHeader('Content-Type', 'application/x-tar');
+  try {
+    await pipeline(archive, res);
+  } catch (err) {
+    // Headers (and part of the tar) are out: the client sees a truncated body, never a valid tar.
+    res.destroy(err as Error);
+  }
 }
 
 export function createImagesRouter(backend: ImagesBackend): Router {
   const router = Router();
 
+  // Pull (fromImage) or import (fromSrc).
   router.post('/images/create', async (req, res) => {
+    const fromSrc = queryString(req, 'fromSrc');
+    if (fromSrc !== undefined && fromSrc !== '') {
+      if (fromSrc !== '-') {
+        throw new NotImplementedError('importing from a URL is not supported; send the tarball (fromSrc=-)');
+      }
+      const options: ImportOptions = { signal: clientAbort(res) };
+      const repository = queryString(req, 'repo');
+      if (repository) options.repository = repository;
+      const tag = queryString(req, 'tag');
+      if (tag) options.tag = tag;
+      const message = queryString(req, 'message');
+      if (message) options.message = message;
+      const changes = queryAll(req, 'changes');
+      if (changes.length > 0) options.changes = changes;
+      await streamed(res, async (stream) => {
+        const image = await backend.imageImport(req as AsyncIterable<Uint8Array>, options);
+        stream.write({ status: image.id });
+      });
+      return;
+    }
     const fromImage = queryString(req, 'fromImage') ?? '';
-    if (queryString(req, 'fromSrc'))
-      throw new NotImplementedError('importing images (fromSrc) is not supported yet');
     if (fromImage === '') throw new InvalidParameterError('fromImage must be given');
     const reference = pullReference(fromImage, queryString(req, 'tag'));
     const platform = queryString(req, 'platform') || undefined;
     const auth = decodeRegistryAuth(req.headers['x-registry-auth'] as string | undefined);
-    const abort = new AbortController();
-    res.on('close', () => abort.abort());
-    const stream = jsonProgress(res);
-    try {
-      await backend.imagePull(reference, { auth, platform, signal: abort.signal }, (p) => stream.write(p));
-    } catch (err) {
-      // Before any progress the failure is a normal error response; after, it goes in-stream.
-      if (!stream.started) throw err;
-      stream.fail(err);
-      return;
-    }
-    stream.end();
+    const signal = clientAbort(res);
+    await streamed(res, async (stream) => {
+      await backend.imagePull(reference, { auth, platform, signal }, (p) => stream.write(p));
+    });
   });
 
   router.get('/images/json', async (req, res) => {
     const filters = parseFilters(queryString(req, 'filters'));
-    for (const key of Object.keys(filters)) {
-      if (!['reference', 'dangling', 'label', 'before', 'since'].includes(key)) {
-        throw new InvalidParameterError(`Invalid filter '${key}'`);
-      }
-    }
-    let images = await backend.imageList();
-    const refs = filters.reference ?? [];
-    if (refs.length > 0) images = images.filter((i) => refs.some((r) => referenceMatches(i, r)));
-    const dangling = filters.dangling ?? [];
-    if (dangling.includes('true') || dangling.includes('1'))
-      images = images.filter((i) => i.repoTags.length === 0);
-    else if (dangling.includes('false') || dangling.includes('0'))
-      images = images.filter((i) => i.repoTags.length > 0);
-    for (const label of filters.label ?? []) {
-      const eq = label.indexOf('=');
-      images = images.filter((i) => {
-        const labels = i.config.config?.Labels ?? {};
-        return eq < 0 ? label in labels : labels[label.slice(0, eq)] === label.slice(eq + 1);
-      });
-    }
-    const summaries = images.map(toImageSummary).sort((a, b) => b.Created - a.Created);
-    sendJson(res, 200, summaries);
+    // The singular `filter` (a reference) was dropped in API 1.41.
+    const legacy = queryString(req, 'filter');
+    if (legacy && !versionAtLeast(req, '1.41')) filters.reference = [...(filters.reference ?? []), legacy];
+    const images = await backend.imageList({ all: queryBool(req, 'all'), filters });
+    sendJson(res, 200, images.map(toImageSummary));
+  });
+
+  router.post('/images/load', async (req, res) => {
+    // dockerd sends 200 at once and reports every load error in the stream.
+    const options = { quiet: queryBoolOr(req, 'quiet', true), signal: clientAbort(res) };
+    await streamed(
+      res,
+      async (stream) => {
+        await backend.imageLoad(req as AsyncIterable<Uint8Array>, options, (p) => stream.write(p));
+      },
+      { alwaysInStream: true },
+    );
+  });
+
+  router.post('/images/prune', async (req, res) => {
+    const report = await backend.imagePrune(parseFilters(queryString(req, 'filters')));
+    sendJson(res, 200, toPruneReport(report));
+  });
+
+  router.get('/images/get', async (req, res) => {
+    await sendArchive(res, await backend.imageSave(queryAll(req, 'names')));
+  });
+
+  router.get('/images/*name/get', async (req, res) => {
+    await sendArchive(res, await backend.imageSave([catchAllName(req)]));
   });
 
   router.get('/images/*name/json', async (req, res) => {
     const image = await backend.imageInspect(catchAllName(req));
     sendJson(res, 200, toImageInspect(image, STORAGE_DRIVER));
+  });
+
+  router.get('/images/*name/history', async (req, res) => {
+    const history = await backend.imageHistory(catchAllName(req));
+    sendJson(res, 200, history.map(toHistoryItem));
+  });
+
+  router.post('/images/*name/tag', async (req, res) => {
+    const tag = queryString(req, 'tag');
+    await backend.imageTag(catchAllName(req), queryString(req, 'repo') ?? '', tag || undefined);
+    res.status(201).end();
+  });
+
+  router.post('/images/*name/push', async (req, res) => {
+    const name = catchAllName(req);
+    const auth = await pushAuth(req);
+    const tag = queryString(req, 'tag') || undefined;
+    const signal = clientAbort(res);
+    await streamed(res, async (stream) => {
+      await backend.imagePush(name, { auth, tag, signal }, (p) => stream.write(p));
+    });
+  });
+
+  router.delete('/images/*name', async (req, res) => {
+    const items = await backend.imageRemove(catchAllName(req), {
+      force: queryBool(req, 'force'),
+      noprune: queryBool(req, 'noprune'),
+    });
+    sendJson(res, 200, items.map(toDeleteItem));
   });
 
   return router;

@@ -1,15 +1,22 @@
 /** Docker's image wire shapes (list item and inspect), translated from the image service's records. */
+import type {
+  HistoryEntry,
+  ImageDeleteItem,
+  ImageSummary as ImageSummaryView,
+  PruneReport,
+} from '../../daemon/daemon-images';
 import type { ImageRecord } from '../../daemon/types';
-import { ZERO_TIME, parseRFC3339Nano, unixSeconds } from '../../daemon/time';
+import { ZERO_TIME } from '../../daemon/time';
 
+/** A `GET /images/json` item (and `system df` image), keys in dockerd's order. */
 export interface ImageSummary {
   Containers: number;
   Created: number;
   Id: string;
   Labels: Record<string, string> | null;
   ParentId: string;
-  RepoDigests: string[];
-  RepoTags: string[];
+  RepoDigests: string[] | null;
+  RepoTags: string[] | null;
   SharedSize: number;
   Size: number;
   VirtualSize: number;
@@ -60,23 +67,57 @@ function emptyConfig(): Record<string, unknown> {
   };
 }
 
-/** Created as a unix time, tolerating missing or odd `created` strings. */
-function createdSeconds(image: ImageRecord): number {
-  return parseRFC3339Nano(image.created) === undefined ? 0 : unixSeconds(image.created);
+export function toImageSummary(s: ImageSummaryView): ImageSummary {
+  return {
+    Containers: s.containers,
+    Created: s.created,
+    Id: s.id,
+    Labels: s.labels,
+    ParentId: s.parentId,
+    RepoDigests: s.repoDigests,
+    RepoTags: s.repoTags,
+    SharedSize: s.sharedSize,
+    Size: s.size,
+    VirtualSize: s.virtualSize,
+  };
 }
 
-export function toImageSummary(image: ImageRecord): ImageSummary {
+/** A `GET /images/{name}/history` item, keys in dockerd's order. */
+export interface HistoryItem {
+  Comment: string;
+  Created: number;
+  CreatedBy: string;
+  Id: string;
+  Size: number;
+  Tags: string[] | null;
+}
+
+export function toHistoryItem(h: HistoryEntry): HistoryItem {
   return {
-    Containers: -1,
-    Created: createdSeconds(image),
-    Id: image.id,
-    Labels: image.config.config?.Labels ?? null,
-    ParentId: '',
-    RepoDigests: image.repoDigests,
-    RepoTags: image.repoTags,
-    SharedSize: -1,
-    Size: image.size,
-    VirtualSize: image.size,
+    Comment: h.comment,
+    Created: h.created,
+    CreatedBy: h.createdBy,
+    Id: h.id,
+    Size: h.size,
+    Tags: h.tags,
+  };
+}
+
+/** An rmi / prune line: `{"Untagged": …}` or `{"Deleted": …}`. */
+export type DeleteResponseItem = { Untagged: string } | { Deleted: string };
+
+export function toDeleteItem(item: ImageDeleteItem): DeleteResponseItem {
+  return 'untagged' in item ? { Untagged: item.untagged } : { Deleted: item.deleted };
+}
+
+/** dockerd's ImagesPruneReport: null (not []) when nothing was deleted. */
+export function toPruneReport(r: PruneReport): {
+  ImagesDeleted: DeleteResponseItem[] | null;
+  SpaceReclaimed: number;
+} {
+  return {
+    ImagesDeleted: r.imagesDeleted.length > 0 ? r.imagesDeleted.map(toDeleteItem) : null,
+    SpaceReclaimed: r.spaceReclaimed,
   };
 }
 
@@ -91,7 +132,7 @@ export function toImageInspect(image: ImageRecord, storageDriver: string): Image
     Id: image.id,
     RepoTags: image.repoTags,
     RepoDigests: image.repoDigests,
-    Parent: '',
+    Parent: image.parent ?? '',
     Comment: history[history.length - 1]?.comment ?? '',
     Created: image.created || ZERO_TIME,
     Container: '',
@@ -105,7 +146,7 @@ export function toImageInspect(image: ImageRecord, storageDriver: string): Image
     VirtualSize: image.size,
     GraphDriver: { Data: null, Name: storageDriver },
     RootFS: { Type: 'layers', Layers: image.config.rootfs.diff_ids },
-    Metadata: { LastTagTime: ZERO_TIME },
+    Metadata: { LastTagTime: image.lastTagTime ?? ZERO_TIME },
   };
   if (image.config.variant) inspect.Variant = image.config.variant;
   return inspect;
