@@ -9,11 +9,18 @@
  * waiters woken and `die` published; an AutoRemove container is then removed and `removed` waiters
  * are woken last.
  *
- * Locking: the per-container lock guards state transitions (start, exit bookkeeping, removal).
- * stop/kill only send signals and wait for the run to end, without the lock (the run's exit
- * bookkeeping needs it).
+ * Restart policies (daemon/restart.ts): after an exit the policy may put the container in the
+ * `restarting` state (Running and Restarting both true, Pid 0, RestartCount + 1) and start it again
+ * after the backoff delay; waiters and `die` see every exit. A user's stop or kill cancels it; a
+ * user's start resets the count. On daemon start, containers the policy wants running are started
+ * again (in the background: VM boots are slow).
+ *
+ * Locking: the per-container lock guards state transitions (start, exit bookkeeping, removal,
+ * rename, update). stop/kill only send signals and wait for the run to end, without the lock (the
+ * run's exit bookkeeping needs it); they first wait for a start in flight.
  */
 import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import {
   ConflictError,
@@ -29,13 +36,32 @@ import type { ImageRecord, ImageService } from '../images/types';
 import type { RunningSandbox, SandboxRuntime, SandboxSpec } from '../runtime/types';
 import { AttachHub } from './attach';
 import { EventsBus } from './events';
-import { filterContainers } from './filters';
+import { filterContainers, matchKVList, validateFilterKeys } from './filters';
 import { generateId, generateName, isValidContainerName, shortId } from './ids';
-import { JsonFileLogWriter, entryWanted, readLogFile } from './logs';
+import {
+  JsonFileLogWriter,
+  LogFiles,
+  type LogSubscription,
+  entryWanted,
+  openLogFiles,
+  parseLogOptions,
+  readLogEntries,
+  readOptionsOf,
+  validateLogOptions,
+} from './logs';
 import { commandOf, mergeImageConfig, processEnv } from './merge';
+import {
+  RestartBackoff,
+  isNoRestart,
+  policyWantsRestart,
+  systemClock,
+  validateRestartPolicy,
+  type RestartClock,
+} from './restart';
 import { SIGKILL, SIGTERM, isValidLinuxSignal, parseSignal } from './signals';
 import { ContainerStore } from './store';
-import { ZERO_TIME, formatRFC3339Nano, nowNs } from './time';
+import { ZERO_TIME, formatRFC3339Nano, nowNs, parseRFC3339Nano } from './time';
+import { resolveTimestamp } from './timestamps';
 import type {
   AttachOptions,
   AttachSession,
@@ -51,11 +77,17 @@ import type {
   LogsOptions,
   LogsResult,
   OutputChunk,
+  PruneContainersResult,
   RemoveOptions,
+  ResourceUpdate,
   StopOptions,
+  UpdateContainerRequest,
+  UpdateContainerResult,
   WaitCondition,
   WaitHandle,
   WaitResult,
+  FilterArgs,
+  HostConfig,
 } from './types';
 
 /** The name the runtime is known by in /info and HostConfig.Runtime. */
@@ -120,10 +152,22 @@ interface Live {
   hub: AttachHub;
   writer?: JsonFileLogWriter;
   run?: Run;
+  /** True while a start holds the lock (the VM boots). */
   starting: boolean;
+  /** Settles when the start in flight (manual or by the policy) is over; stop and kill wait for it. */
+  inFlightStart?: Promise<void>;
   waiters: Set<Waiter>;
   removal?: Promise<void>;
+  backoff: RestartBackoff;
+  /** A restart the policy scheduled that has not begun (the container is `restarting`). */
+  pendingRestart?: { handle: unknown; exitCode: number };
+  /** Set while `docker restart` stops the run: that exit removes no AutoRemove container. */
+  keepOnExit: boolean;
+  /** clock.now() when the current run started (the backoff resets after a long run). */
+  runStartedMs: number;
 }
+
+type StartMode = 'manual' | 'policy';
 
 export interface ContainerServiceOptions {
   store: ContainerStore;
@@ -133,6 +177,8 @@ export interface ContainerServiceOptions {
   log: Logger;
   /** Per-run scratch dirs live under here, one per container. */
   execRoot: string;
+  /** Restart backoff time; the system clock unless a test injects one. */
+  clock?: RestartClock;
 }
 
 function withinMs(promise: Promise<unknown>, ms: number): Promise<boolean> {
@@ -187,7 +233,10 @@ export class ContainerService {
   private readonly events: EventsBus;
   private readonly log: Logger;
   private readonly execRoot: string;
+  private readonly clock: RestartClock;
   private shuttingDown = false;
+  private pruning = false;
+  private restored: Promise<void> = Promise.resolve();
 
   constructor(options: ContainerServiceOptions) {
     this.store = options.store;
@@ -196,12 +245,21 @@ export class ContainerService {
     this.events = options.events;
     this.log = options.log;
     this.execRoot = options.execRoot;
+    this.clock = options.clock ?? systemClock;
   }
 
-  /** Loads persisted containers. Those persisted as running lost their VM with the old daemon. */
+  /**
+   * Loads persisted containers. Those persisted as running lost their VM with the old daemon and
+   * are marked exited (255); then, as dockerd does on start, every container its restart policy
+   * wants running is started again: `always` ones, `unless-stopped` ones the user did not stop,
+   * `on-failure` ones whose last exit failed with retries left. Those starts run in the
+   * background (see `whenRestored`).
+   */
   async init(): Promise<void> {
     const records = await this.store.load();
-    for (const record of records) {
+    const restart: string[] = [];
+    for (const loaded of records) {
+      let record = loaded;
       if (record.state.removalInProgress) {
         await this.store.remove(record.id);
         continue;
@@ -211,13 +269,39 @@ export class ContainerService {
           await this.store.remove(record.id);
           continue;
         }
-        await this.store.update(record.id, (r) => {
-          Object.assign(r.state, { running: false, paused: false, restarting: false, pid: 0, exitCode: 255 });
+        const wasRestarting = record.state.restarting;
+        record = await this.store.update(record.id, (r) => {
+          Object.assign(r.state, { running: false, paused: false, restarting: false, pid: 0 });
+          // A container waiting for its restart had exited already, with its own code.
+          if (!wasRestarting) r.state.exitCode = 255;
           r.state.finishedAt = formatRFC3339Nano(nowNs());
         });
         this.log.info('container was running when the daemon stopped; marked exited', { id: record.id });
       }
+      if (this.restartsOnDaemonStart(record)) restart.push(record.id);
     }
+    this.restored = Promise.all(
+      restart.map((id) =>
+        this.trackStart(id, this.startContainer(id, 'manual')).catch((err: unknown) =>
+          this.log.warn('could not restart container on daemon start', { id, error: messageOf(err) }),
+        ),
+      ),
+    ).then(() => undefined);
+  }
+
+  /** Settles when the starts `init` began for restart policies are over. */
+  whenRestored(): Promise<void> {
+    return this.restored;
+  }
+
+  /** dockerd's restore rule: the policy's answer for the last exit, for a container started before. */
+  private restartsOnDaemonStart(record: ContainerRecord): boolean {
+    if (record.state.startedAt === ZERO_TIME || record.hostConfig.autoRemove) return false;
+    return policyWantsRestart(record.hostConfig.restartPolicy, {
+      exitCode: record.state.exitCode,
+      manuallyStopped: record.hasBeenManuallyStopped,
+      restartCount: record.restartCount,
+    });
   }
 
   private liveOf(id: string): Live {
@@ -233,6 +317,9 @@ export class ContainerService {
         ),
         starting: false,
         waiters: new Set(),
+        backoff: new RestartBackoff(),
+        keepOnExit: false,
+        runStartedMs: 0,
       };
       this.live.set(id, live);
     }
@@ -248,19 +335,15 @@ export class ContainerService {
     };
   }
 
+  /** dockerd's event attributes: the action's own, then labels, then image and name over both. */
   private actor(
     record: ContainerRecord,
     extra: Record<string, string> = {},
   ): { id: string; attributes: Record<string, string> } {
-    return {
-      id: record.id,
-      attributes: {
-        ...(record.config.labels ?? {}),
-        image: record.config.image,
-        name: record.name.slice(1),
-        ...extra,
-      },
-    };
+    const attributes: Record<string, string> = { ...extra, ...(record.config.labels ?? {}) };
+    if (record.config.image !== '') attributes.image = record.config.image;
+    attributes.name = record.name.slice(1);
+    return { id: record.id, attributes };
   }
 
   private publish(record: ContainerRecord, action: string, extra?: Record<string, string>): void {
@@ -272,8 +355,9 @@ export class ContainerService {
     let paused = 0;
     const all = this.store.all();
     for (const r of all) {
+      // As dockerd's state counter: a restarting container counts as stopped.
       if (r.state.paused) paused++;
-      else if (r.state.running) running++;
+      else if (r.state.running && !r.state.restarting) running++;
     }
     return { total: all.length, running, paused, stopped: all.length - running - paused };
   }
@@ -290,6 +374,14 @@ export class ContainerService {
     }
     if (config.image === '')
       throw new InvalidParameterError('Config cannot be empty in order to create a container');
+    validateRestartPolicy(hostConfig.restartPolicy);
+    validateResources(hostConfig.memory, hostConfig.nanoCpus, {
+      memorySwap: numberOr0(hostConfig.passthrough.MemorySwap),
+      memoryReservation: numberOr0(hostConfig.passthrough.MemoryReservation),
+    });
+    if (hostConfig.autoRemove && !isNoRestart(hostConfig.restartPolicy)) {
+      throw new InvalidParameterError("can't create 'AutoRemove' container with restart policy");
+    }
 
     let image: ImageRecord;
     try {
@@ -305,13 +397,8 @@ export class ContainerService {
     const merged = mergeImageConfig(config, image.config.config);
     if (merged.hostname === '') merged.hostname = shortId(id);
     const { path: cmdPath, args } = commandOf(merged);
-    if (
-      hostConfig.autoRemove &&
-      hostConfig.restartPolicy.name !== '' &&
-      hostConfig.restartPolicy.name !== 'no'
-    ) {
-      throw new InvalidParameterError("can't create 'AutoRemove' container with restart policy");
-    }
+    // dockerd checks log options once it has the image, the rest before.
+    validateLogOptions(hostConfig.logConfig.config);
 
     if (name === '') {
       for (let attempt = 0; ; attempt++) {
@@ -331,13 +418,10 @@ export class ContainerService {
       args,
       imageId: image.id,
       config: merged,
-      hostConfig: {
-        ...hostConfig,
-        runtime: hostConfig.runtime || RUNTIME_NAME,
-        logConfig: { type: 'json-file', config: hostConfig.logConfig.config },
-      },
+      hostConfig: normalizeHostConfig(hostConfig),
       state: initialState(),
       restartCount: 0,
+      hasBeenManuallyStopped: false,
     };
     try {
       await this.store.create(record);
@@ -400,25 +484,55 @@ export class ContainerService {
 
   // ---- start and the run ----------------------------------------------------------------------
 
+  /** A user's start: resets the restart count and backoff and clears a manual stop. */
   async start(ref: string): Promise<void> {
     const { id } = this.store.resolve(ref);
+    await this.trackStart(id, this.startContainer(id, 'manual'));
+  }
+
+  /** Records `start` as the container's start in flight until it settles. */
+  private trackStart(id: string, start: Promise<void>): Promise<void> {
+    const live = this.liveOf(id);
+    const settled = start.then(
+      () => undefined,
+      () => undefined,
+    );
+    live.inFlightStart = settled;
+    void settled.then(() => {
+      if (live.inFlightStart === settled) live.inFlightStart = undefined;
+    });
+    return start;
+  }
+
+  /**
+   * Starts a run. `manual`: 304 when running (or restarting); resets the restart state. `policy`:
+   * the restart a policy scheduled; does nothing when that restart was cancelled meanwhile.
+   */
+  private async startContainer(id: string, mode: StartMode): Promise<void> {
     let failure: { error: unknown; autoRemove: boolean } | undefined;
     await this.store.withLock(id, async () => {
       const record = this.store.get(id);
-      if (!record) throw new NotFoundError(`No such container: ${ref}`);
+      if (!record) throw new NotFoundError(`No such container: ${id}`);
       const live = this.liveOf(id);
-      if (record.state.running || live.run) throw new NotModifiedError('Container already started');
-      if (record.state.removalInProgress || live.removal) {
+      if (mode === 'policy') {
+        if (!record.state.restarting || live.run || live.removal || this.shuttingDown) return;
+      } else if (record.state.running || live.run) {
+        throw new NotModifiedError('Container already started');
+      }
+      if (record.state.removalInProgress || live.removal || record.state.dead) {
         throw new ConflictError('Container is marked for removal and cannot be started.');
       }
-      if (record.state.dead)
-        throw new ConflictError('Container is marked for removal and cannot be started.');
       if (this.shuttingDown) throw new ConflictError('the daemon is shutting down');
 
+      const manual = mode === 'manual';
+      if (manual) live.backoff = new RestartBackoff();
       live.starting = true;
       let sandbox: RunningSandbox;
       try {
-        live.writer ??= await JsonFileLogWriter.open(this.store.logPathOf(id));
+        live.writer ??= await JsonFileLogWriter.open(
+          this.store.logPathOf(id),
+          parseLogOptions(record.hostConfig.logConfig.config),
+        );
         sandbox = await this.runtime.start(await this.sandboxSpec(record));
       } catch (err) {
         live.starting = false;
@@ -426,8 +540,22 @@ export class ContainerService {
         const exitCode = typeof carried === 'number' ? carried : 128;
         await this.store.updateLocked(id, (r) => {
           r.state.error = messageOf(err);
-          r.state.exitCode = exitCode;
+          if (manual) {
+            r.state.exitCode = exitCode;
+            r.restartCount = 0;
+            r.hasBeenManuallyStopped = false;
+          } else {
+            // dockerd: a restart that cannot start leaves the container stopped with the exit
+            // code that triggered the restart, and the start's error.
+            Object.assign(r.state, { running: false, restarting: false, paused: false, pid: 0 });
+          }
         });
+        if (!manual) {
+          this.wake(live, ['not-running', 'next-exit'], {
+            statusCode: record.state.exitCode,
+            error: messageOf(err),
+          });
+        }
         // dockerd answers 400 when the process could not be exec'd (126/127), else by class.
         const clientError =
           exitCode === 126 || exitCode === 127
@@ -452,24 +580,33 @@ export class ContainerService {
             error: '',
           });
           r.state.startedAt = formatRFC3339Nano(nowNs());
+          if (manual) {
+            r.restartCount = 0;
+            r.hasBeenManuallyStopped = false;
+          }
         })
         .catch(async (err: unknown) => {
+          live.starting = false;
           await sandbox.destroy().catch(() => undefined);
           throw err;
         });
       live.starting = false;
       const run: Run = { id: runId, sandbox, ended: Promise.resolve() };
       live.run = run;
+      live.runStartedMs = this.clock.now();
       live.writer.beginRun();
       live.hub.beginRun(runId, sandbox);
       run.ended = this.supervise(id, live, run);
       this.publish(updated, 'start');
     });
     if (failure) {
-      if (failure.autoRemove)
+      if (failure.autoRemove) {
+        // This start is over: the removal must not wait for it.
+        this.liveOf(id).inFlightStart = undefined;
         await this.removeNow(id).catch((err: unknown) =>
           this.log.warn('auto-remove failed', { id, error: String(err) }),
         );
+      }
       throw failure.error;
     }
   }
@@ -532,35 +669,84 @@ export class ContainerService {
     await pump;
     await writer?.endRun();
 
+    const runMs = this.clock.now() - live.runStartedMs;
     let record: ContainerRecord | undefined;
+    let restartDelay: number | undefined;
     await this.store
       .withLock(id, async () => {
-        if (!this.store.get(id)) return;
+        const current = this.store.get(id);
+        if (!current) return;
+        if (!this.shuttingDown && !live.removal && !live.keepOnExit) {
+          restartDelay = live.backoff.next(current.hostConfig.restartPolicy, {
+            exitCode,
+            manuallyStopped: current.hasBeenManuallyStopped,
+            restartCount: current.restartCount,
+            runMs,
+          });
+        }
+        const restarting = restartDelay !== undefined;
         record = await this.store.updateLocked(id, (r) => {
+          // Restarting counts as running (dockerd's SetRestarting): stop, rm and wait treat it so.
           Object.assign(r.state, {
-            running: false,
+            running: restarting,
             paused: false,
-            restarting: false,
+            restarting,
             pid: 0,
             exitCode,
             oomKilled,
           });
           r.state.finishedAt = formatRFC3339Nano(nowNs());
+          if (restarting) r.restartCount++;
         });
       })
-      .catch((err: unknown) => log.error('could not record the exit', { error: String(err) }));
+      .catch((err: unknown) => {
+        restartDelay = undefined;
+        log.error('could not record the exit', { error: String(err) });
+      });
     if (live.run === run) live.run = undefined;
     live.hub.endRun(run.id);
     this.wake(live, ['not-running', 'next-exit'], { statusCode: exitCode, error: null });
-    if (record) {
-      if (oomKilled) this.publish(record, 'oom');
-      this.publish(record, 'die', { exitCode: String(exitCode) });
-      if (record.hostConfig.autoRemove && !live.removal && !this.shuttingDown) {
-        await this.removeNow(id).catch((err: unknown) =>
-          log.warn('auto-remove failed', { error: String(err) }),
+    if (!record) return;
+    if (oomKilled) this.publish(record, 'oom');
+    this.publish(record, 'die', { exitCode: String(exitCode) });
+    if (restartDelay !== undefined) {
+      log.debug('restarting by policy', { delayMs: restartDelay, restartCount: record.restartCount });
+      const handle = this.clock.setTimeout(() => {
+        if (live.pendingRestart?.handle !== handle) return;
+        // A stop or kill that came while this exit was being recorded.
+        if (live.backoff.cancelled) {
+          void this.cancelPendingRestart(id, live);
+          return;
+        }
+        live.pendingRestart = undefined;
+        void this.trackStart(id, this.startContainer(id, 'policy')).catch((err: unknown) =>
+          log.warn('restart by policy failed', { error: messageOf(err) }),
         );
-      }
+      }, restartDelay);
+      live.pendingRestart = { handle, exitCode };
+      return;
     }
+    if (record.hostConfig.autoRemove && !live.removal && !this.shuttingDown && !live.keepOnExit) {
+      await this.removeNow(id).catch((err: unknown) =>
+        log.warn('auto-remove failed', { error: String(err) }),
+      );
+    }
+  }
+
+  /**
+   * Drops a scheduled restart (stop, kill or rm of a `restarting` container): the container is
+   * stopped with the exit code it had, and waiters that came during `restarting` are woken.
+   */
+  private async cancelPendingRestart(id: string, live: Live): Promise<boolean> {
+    const pending = live.pendingRestart;
+    if (!pending) return false;
+    this.clock.clearTimeout(pending.handle);
+    live.pendingRestart = undefined;
+    const record = await this.store
+      .update(id, (r) => Object.assign(r.state, { running: false, restarting: false, pid: 0 }))
+      .catch(() => undefined);
+    this.wake(live, ['not-running', 'next-exit'], { statusCode: pending.exitCode, error: null });
+    return record !== undefined;
   }
 
   private wake(live: Live, conditions: WaitCondition[], result: WaitResult): void {
@@ -573,14 +759,30 @@ export class ContainerService {
 
   // ---- stop, kill, restart --------------------------------------------------------------------
 
-  private runningRun(ref: string): { record: ContainerRecord; run: Run | undefined } {
-    const record = this.store.resolve(ref);
-    return { record, run: this.live.get(record.id)?.run };
+  /**
+   * A user's signal (stop or kill), as dockerd's killWithSignal records it: the container counts
+   * as manually stopped (unless-stopped keeps it down), and when the signal is SIGKILL or the stop
+   * signal (any signal when none is configured) the current run is not restarted.
+   */
+  private async noteUserSignal(record: ContainerRecord, live: Live, signal: number): Promise<void> {
+    let stopSignal: number | undefined;
+    try {
+      stopSignal = record.config.stopSignal !== '' ? parseSignal(record.config.stopSignal) : undefined;
+    } catch {
+      stopSignal = undefined;
+    }
+    if (stopSignal === undefined || signal === SIGKILL || signal === stopSignal) live.backoff.cancel();
+    if (this.shuttingDown || record.hasBeenManuallyStopped) return;
+    await this.store.update(record.id, (r) => (r.hasBeenManuallyStopped = true)).catch(() => undefined);
   }
 
   async stop(ref: string, options: StopOptions = {}): Promise<void> {
-    const { record, run } = this.runningRun(ref);
-    if (!run) throw new NotModifiedError('Container already stopped');
+    const resolved = this.store.resolve(ref);
+    const live = this.liveOf(resolved.id);
+    if (live.inFlightStart) await live.inFlightStart;
+    const record = this.store.get(resolved.id) ?? resolved;
+    const run = live.run;
+    if (!run && !live.pendingRestart) throw new NotModifiedError('Container already stopped');
     const signal =
       options.signal !== undefined && options.signal !== ''
         ? parseSignal(options.signal)
@@ -588,6 +790,14 @@ export class ContainerService {
           ? parseSignal(record.config.stopSignal)
           : SIGTERM;
     const timeoutS = options.timeout ?? record.config.stopTimeout ?? DEFAULT_STOP_TIMEOUT_S;
+    await this.noteUserSignal(record, live, signal);
+    if (!run) {
+      // Restarting: no process to signal; the pending restart is dropped (dockerd: no kill event).
+      live.backoff.cancel();
+      await this.cancelPendingRestart(record.id, live);
+      this.publish(record, 'stop');
+      return;
+    }
     this.publish(record, 'kill', { signal: String(signal) });
     await run.sandbox
       .signal(signal)
@@ -595,8 +805,11 @@ export class ContainerService {
     const stopped = timeoutS < 0 ? (await run.ended, true) : await withinMs(run.ended, timeoutS * 1000);
     if (!stopped) {
       this.log.info('container did not stop in time; killing it', { id: record.id, timeoutS });
+      live.backoff.cancel();
       await this.forceKill(record, run);
     }
+    // The exit may have been recorded as a restart before the stop cancelled it.
+    if (live.backoff.cancelled) await this.cancelPendingRestart(record.id, live);
     this.publish(record, 'stop');
   }
 
@@ -614,10 +827,20 @@ export class ContainerService {
   async kill(ref: string, signalText: string | undefined): Promise<void> {
     const signal = signalText === undefined || signalText === '' ? SIGKILL : parseSignal(signalText);
     try {
-      const { record, run } = this.runningRun(ref);
+      const resolved = this.store.resolve(ref);
       if (!isValidLinuxSignal(signal))
         throw new SystemError(`The linux daemon does not support signal ${signal}`);
-      if (!run) throw new ConflictError(`Container ${record.id} is not running`);
+      const live = this.liveOf(resolved.id);
+      if (live.inFlightStart) await live.inFlightStart;
+      const record = this.store.get(resolved.id) ?? resolved;
+      const run = live.run;
+      if (!run && !live.pendingRestart) throw new ConflictError(`Container ${record.id} is not running`);
+      await this.noteUserSignal(record, live, signal);
+      if (!run) {
+        // Restarting: nothing to signal; a cancelled restart leaves the container stopped.
+        if (live.backoff.cancelled) await this.cancelPendingRestart(record.id, live);
+        return;
+      }
       if (signal === SIGKILL) {
         await this.forceKill(record, run);
       } else {
@@ -629,33 +852,106 @@ export class ContainerService {
     }
   }
 
+  /** Stop (if running) then a user's start; an AutoRemove container is kept across it. */
   async restart(ref: string, options: StopOptions = {}): Promise<void> {
     const record = this.store.resolve(ref);
+    const live = this.liveOf(record.id);
+    live.keepOnExit = true;
     try {
       await this.stop(record.id, options);
     } catch (err) {
       if (!(err instanceof NotModifiedError)) throw err;
+    } finally {
+      live.keepOnExit = false;
     }
     await this.start(record.id);
-    this.publish(record, 'restart');
+    this.publish(this.store.get(record.id) ?? record, 'restart');
   }
 
-  async resize(ref: string, _height: number, _width: number): Promise<void> {
+  async resize(ref: string, height: number, width: number): Promise<void> {
     const { record, run } = this.runningRun(ref);
     if (!run) throw new ConflictError(`Container ${record.id} is not running`);
-    // The runtime has no terminal resize yet: accepted and ignored.
+    // The runtime has no terminal resize yet: accepted (as dockerd, with its event) and ignored.
+    this.publish(record, 'resize', { height: String(height), width: String(width) });
+  }
+
+  private runningRun(ref: string): { record: ContainerRecord; run: Run | undefined } {
+    const record = this.store.resolve(ref);
+    return { record, run: this.live.get(record.id)?.run };
+  }
+
+  // ---- rename, update -------------------------------------------------------------------------
+
+  async rename(ref: string, newName: string): Promise<void> {
+    if (ref === '' || newName === '') {
+      throw new InvalidParameterError('Neither old nor new names may be empty');
+    }
+    const name = newName.startsWith('/') ? newName : `/${newName}`;
+    const { id } = this.store.resolve(ref);
+    const { before, after } = await this.store.withLock(id, async () => {
+      const current = this.store.get(id);
+      if (!current) throw new NotFoundError(`No such container: ${ref}`);
+      if (current.name === name) {
+        throw new InvalidParameterError('Renaming a container with the same name as its current name');
+      }
+      try {
+        if (!isValidContainerName(name.slice(1))) {
+          throw new InvalidParameterError(
+            `Invalid container name (${name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed`,
+          );
+        }
+        return { before: current, after: await this.store.renameLocked(id, name) };
+      } catch (err) {
+        throw prefixed('Error when allocating new name: ', err);
+      }
+    });
+    this.publish(after, 'rename', { oldName: before.name });
+  }
+
+  /**
+   * `docker update`: restart policy and resources, with dockerd's checks. The runtime cannot
+   * resize a running VM, so resources take effect at the next start; the policy at the next exit.
+   */
+  async update(ref: string, request: UpdateContainerRequest): Promise<UpdateContainerResult> {
+    const policy = request.restartPolicy;
+    if (policy && policy.name !== '') validateRestartPolicy(policy);
+    validateResources(request.resources.memory ?? 0, request.resources.nanoCpus ?? 0, request.resources);
+    const { id } = this.store.resolve(ref);
+    const updated = await this.store.withLock(id, async () => {
+      const current = this.store.get(id);
+      if (!current) throw new NotFoundError(`No such container: ${ref}`);
+      if (current.state.removalInProgress || current.state.dead) {
+        throw new ConflictError(
+          `Cannot update container ${id}: container is marked for removal and cannot be "update"`,
+        );
+      }
+      let hostConfig: HostConfig;
+      try {
+        hostConfig = applyUpdate(current.hostConfig, request);
+      } catch (err) {
+        throw prefixed(`Cannot update container ${id}: `, err);
+      }
+      return this.store.updateLocked(id, (r) => (r.hostConfig = hostConfig));
+    });
+    this.publish(updated, 'update');
+    return { warnings: null };
   }
 
   // ---- remove ---------------------------------------------------------------------------------
 
   async remove(ref: string, options: RemoveOptions): Promise<void> {
-    const record = this.store.resolve(ref);
-    const live = this.liveOf(record.id);
+    const resolved = this.store.resolve(ref);
+    const live = this.liveOf(resolved.id);
     if (live.removal) return live.removal;
-    if (live.run || record.state.running) {
+    // As dockerd (which waits for the container's lock): judge the state once a start is over.
+    if (!options.force && live.inFlightStart) await live.inFlightStart;
+    if (live.removal) return live.removal;
+    const record = this.store.get(resolved.id) ?? resolved;
+    if (live.run || live.pendingRestart || record.state.running) {
       if (!options.force) {
         throw new ConflictError(
-          `You cannot remove a running container ${record.id}. Stop the container before attempting removal or force remove`,
+          `You cannot remove a ${statusOf(record.state)} container ${record.id}. ` +
+            'Stop the container before attempting removal or force remove',
         );
       }
     }
@@ -666,7 +962,13 @@ export class ContainerService {
   private removeNow(id: string): Promise<void> {
     const live = this.liveOf(id);
     if (live.removal) return live.removal;
+    live.backoff.cancel();
     live.removal = (async () => {
+      if (live.pendingRestart) {
+        this.clock.clearTimeout(live.pendingRestart.handle);
+        live.pendingRestart = undefined;
+      }
+      if (live.inFlightStart) await live.inFlightStart;
       const run = live.run;
       if (run) {
         await run.sandbox
@@ -693,6 +995,48 @@ export class ContainerService {
       });
     })();
     return live.removal;
+  }
+
+  /**
+   * `docker container prune`: removes every container that is not running (nor restarting)
+   * created before `until` and matching the label filters.
+   */
+  async prune(filters: FilterArgs): Promise<PruneContainersResult> {
+    validateFilterKeys(filters, PRUNE_FILTERS);
+    let untilNs: bigint | undefined;
+    const until = filters.until ?? [];
+    if (until.length > 1) throw new SystemError('more than one until filter specified');
+    if (until[0] !== undefined) untilNs = resolveTimestamp(until[0], nowNs());
+    if (this.pruning) throw new ConflictError('a prune operation is already running');
+    this.pruning = true;
+    try {
+      const deleted: string[] = [];
+      let reclaimed = 0;
+      const records = this.store
+        .all()
+        .sort((a, b) => (a.created < b.created ? 1 : a.created > b.created ? -1 : 0));
+      for (const record of records) {
+        const live = this.live.get(record.id);
+        if (record.state.running || live?.run || live?.inFlightStart || live?.pendingRestart) continue;
+        if (untilNs !== undefined && (parseRFC3339Nano(record.created) ?? 0n) > untilNs) continue;
+        const labels = record.config.labels ?? {};
+        if (!matchKVList(filters, 'label', labels)) continue;
+        if ((filters['label!'] ?? []).length > 0 && matchKVList(filters, 'label!', labels)) continue;
+        const size = await dirSize(path.join(this.store.layerDirOf(record.id), 'upper'));
+        try {
+          await this.remove(record.id, { force: false, removeVolumes: false });
+        } catch (err) {
+          this.log.warn('failed to prune container', { id: record.id, error: messageOf(err) });
+          continue;
+        }
+        deleted.push(record.id);
+        reclaimed += size;
+      }
+      this.events.publish('container', 'prune', { id: '', attributes: { reclaimed: String(reclaimed) } });
+      return { containersDeleted: deleted.length > 0 ? deleted : null, spaceReclaimed: reclaimed };
+    } finally {
+      this.pruning = false;
+    }
   }
 
   // ---- wait -----------------------------------------------------------------------------------
@@ -760,15 +1104,18 @@ export class ContainerService {
   }
 
   private async replay(id: string, live: Live, options: AttachOptions, sink: AttachSink): Promise<void> {
-    await live.writer?.flushed();
-    const endByte = live.writer?.committedBytes;
-    for await (const entry of readLogFile(this.store.logPathOf(id), {
-      stdout: options.stdout,
-      stderr: options.stderr,
-      endByte,
-    })) {
+    const files = await this.logFilesOf(id, live);
+    for await (const entry of readLogEntries(files, { stdout: options.stdout, stderr: options.stderr })) {
       if (!sink.write({ stream: entry.stream, data: entry.data })) await sink.drained();
     }
+  }
+
+  /** The container's log files as they are now (between two writes when a writer is open). */
+  private logFilesOf(id: string, live: Live): Promise<LogFiles> {
+    if (live.writer) return live.writer.snapshot();
+    const record = this.store.get(id);
+    const maxFiles = record ? readOptionsOf(record.hostConfig.logConfig.config).maxFiles : 1;
+    return openLogFiles(this.store.logPathOf(id), maxFiles);
   }
 
   // ---- logs -----------------------------------------------------------------------------------
@@ -778,31 +1125,40 @@ export class ContainerService {
     if (!options.stdout && !options.stderr) {
       throw new InvalidParameterError('Bad parameters: you must choose at least one stream');
     }
-    const live = this.liveOf(record.id);
-    const filePath = this.store.logPathOf(record.id);
+    const id = record.id;
+    const live = this.liveOf(id);
     const writer = live.writer;
     const follow = options.follow && writer !== undefined && (live.run !== undefined || live.starting);
-    let subscription: ReturnType<JsonFileLogWriter['subscribe']> | undefined;
-    if (follow && writer) {
-      await writer.flushed();
-      subscription = writer.subscribe();
-    }
-    const sub = subscription;
     const untilNs = options.untilNs;
+    const filesOf = (): Promise<LogFiles> => this.logFilesOf(id, live);
     const entries = async function* (): AsyncGenerator<LogEntry> {
       let untilTimer: NodeJS.Timeout | undefined;
-      const onAbort = (): void => sub?.close();
+      let sub: LogSubscription | undefined;
+      let aborted = false;
+      const onAbort = (): void => {
+        aborted = true;
+        sub?.close();
+      };
       signal?.addEventListener('abort', onAbort);
       try {
-        yield* readLogFile(filePath, { ...options, endByte: sub?.committedBytes });
-        if (!sub) return;
+        let files: LogFiles;
+        if (follow && writer) {
+          // Files and subscription in one step: every entry once, across rotations too.
+          ({ files, subscription: sub } = await writer.follow());
+          if (aborted) sub.close();
+        } else {
+          files = await filesOf();
+        }
+        yield* readLogEntries(files, options);
+        const live = sub;
+        if (!live) return;
         if (untilNs !== undefined) {
           const ms = Number((untilNs - nowNs()) / 1_000_000n);
           if (ms <= 0) return;
-          untilTimer = setTimeout(() => sub.close(), ms);
+          untilTimer = setTimeout(() => live.close(), ms);
         }
         for (;;) {
-          const entry = await sub.next();
+          const entry = await live.next();
           if (!entry) return;
           if (untilNs !== undefined && entry.timeNs > untilNs) return;
           if (entryWanted(entry, { ...options, tail: undefined })) yield entry;
@@ -818,9 +1174,16 @@ export class ContainerService {
 
   // ---- shutdown -------------------------------------------------------------------------------
 
-  /** Destroys every running sandbox and waits (bounded) for their exits to be recorded. */
+  /**
+   * Drops scheduled restarts (those containers stay stopped, and come back by their policy on the
+   * next daemon start), lets starts in flight finish, then destroys every running sandbox and
+   * waits (bounded) for their exits to be recorded.
+   */
   async shutdown(timeoutMs = 10_000): Promise<void> {
     this.shuttingDown = true;
+    for (const [id, live] of this.live) await this.cancelPendingRestart(id, live);
+    const starts = [...this.live.values()].map((live) => live.inFlightStart).filter((p) => p !== undefined);
+    await withinMs(Promise.all(starts), timeoutMs);
     const ends: Promise<void>[] = [];
     for (const live of this.live.values()) {
       const run = live.run;
@@ -835,4 +1198,108 @@ export class ContainerService {
     await withinMs(Promise.all(ends), timeoutMs);
     for (const live of this.live.values()) await live.writer?.close().catch(() => undefined);
   }
+}
+
+function numberOr0(v: unknown): number {
+  return typeof v === 'number' ? v : 0;
+}
+
+/** dockerd's verifyContainerResources checks that apply to a VM (create and update). */
+function validateResources(memory: number, nanoCpus: number, update?: ResourceUpdate): void {
+  if (memory !== 0 && memory < 6 * 1024 * 1024)
+    throw new InvalidParameterError('Minimum memory limit allowed is 6MB');
+  const swap = update?.memorySwap ?? 0;
+  if (memory > 0 && swap > 0 && swap < memory) {
+    throw new InvalidParameterError('Minimum memoryswap limit should be larger than memory limit, see usage');
+  }
+  const reservation = update?.memoryReservation ?? 0;
+  if (memory > 0 && reservation > 0 && memory < reservation) {
+    throw new InvalidParameterError(
+      'Minimum memory limit can not be less than memory reservation limit, see usage',
+    );
+  }
+  const ncpu = os.cpus().length;
+  if (nanoCpus < 0 || nanoCpus > ncpu * 1e9) {
+    throw new InvalidParameterError(
+      `Range of CPUs is from 0.01 to ${ncpu}.00, as there are only ${ncpu} CPUs available`,
+    );
+  }
+}
+
+/** What dockerd fills in on create: the runtime, json-file, MemorySwap = 2 × Memory. */
+function normalizeHostConfig(hostConfig: HostConfig): HostConfig {
+  const passthrough = { ...hostConfig.passthrough };
+  const swap = passthrough.MemorySwap;
+  if (hostConfig.memory > 0 && (swap === undefined || swap === null || swap === 0)) {
+    passthrough.MemorySwap = hostConfig.memory * 2;
+  }
+  return {
+    ...hostConfig,
+    runtime: hostConfig.runtime || RUNTIME_NAME,
+    logConfig: { type: 'json-file', config: hostConfig.logConfig.config },
+    passthrough,
+  };
+}
+
+const PRUNE_FILTERS = new Set(['label', 'label!', 'until']);
+
+/** The host config fields `docker update` changes besides Memory and NanoCpus, by wire name. */
+const UPDATE_FIELDS: Array<[keyof ResourceUpdate, string]> = [
+  ['blkioWeight', 'BlkioWeight'],
+  ['cpuShares', 'CpuShares'],
+  ['cpuPeriod', 'CpuPeriod'],
+  ['cpuQuota', 'CpuQuota'],
+  ['cpusetCpus', 'CpusetCpus'],
+  ['cpusetMems', 'CpusetMems'],
+  ['memorySwap', 'MemorySwap'],
+  ['memoryReservation', 'MemoryReservation'],
+  ['kernelMemory', 'KernelMemory'],
+  ['cpuRealtimePeriod', 'CpuRealtimePeriod'],
+  ['cpuRealtimeRuntime', 'CpuRealtimeRuntime'],
+];
+
+/**
+ * dockerd's Container.UpdateContainer on a copy: conflicts are 409s; zero values leave fields as
+ * they are; the restart policy changes only when named (not with AutoRemove).
+ */
+function applyUpdate(current: HostConfig, request: UpdateContainerRequest): HostConfig {
+  const next = structuredClone(current);
+  const p = next.passthrough;
+  const r = request.resources;
+  const num = (key: string): number => (typeof p[key] === 'number' ? p[key] : 0);
+  const conflict = (message: string): never => {
+    throw new ConflictError(`Conflicting options: ${message}`);
+  };
+  if ((r.nanoCpus ?? 0) > 0 && num('CpuPeriod') > 0)
+    conflict('Nano CPUs cannot be updated as CPU Period has already been set');
+  if ((r.nanoCpus ?? 0) > 0 && num('CpuQuota') > 0)
+    conflict('Nano CPUs cannot be updated as CPU Quota has already been set');
+  if ((r.cpuPeriod ?? 0) > 0 && current.nanoCpus > 0)
+    conflict('CPU Period cannot be updated as NanoCPUs has already been set');
+  if ((r.cpuQuota ?? 0) > 0 && current.nanoCpus > 0)
+    conflict('CPU Quota cannot be updated as NanoCPUs has already been set');
+  if (r.memory !== undefined && r.memory !== 0) {
+    if (r.memory > num('MemorySwap') && (r.memorySwap ?? 0) === 0) {
+      throw new ConflictError(
+        'Memory limit should be smaller than already set memoryswap limit, update the memoryswap at the same time',
+      );
+    }
+    next.memory = r.memory;
+  }
+  if (r.nanoCpus !== undefined && r.nanoCpus !== 0) next.nanoCpus = r.nanoCpus;
+  for (const [field, wire] of UPDATE_FIELDS) {
+    const value = r[field];
+    if (value !== undefined && value !== 0 && value !== '') p[wire] = value;
+  }
+  if (r.pidsLimit !== undefined) p.PidsLimit = r.pidsLimit;
+  const policy = request.restartPolicy;
+  if (policy && policy.name !== '') {
+    if (current.autoRemove && !isNoRestart(policy)) {
+      throw new ConflictError(
+        'Restart policy cannot be updated because AutoRemove is enabled for the container',
+      );
+    }
+    next.restartPolicy = { name: policy.name, maximumRetryCount: policy.maximumRetryCount };
+  }
+  return next;
 }

@@ -7,13 +7,31 @@ import { randomUUID } from 'node:crypto';
 import { promises as fs, readFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import type { Readable } from 'node:stream';
 import { writeFileAtomic } from '../common/atomic-write';
 import type { Logger } from '../common/logger';
-import type { ImageService, PullOptions } from '../images/types';
+import type { ImageManagementService, PullOptions, PushOptions, RegistryAuth } from '../images/types';
 import type { SandboxRuntime } from '../runtime/types';
 import type { DaemonConfig } from './config';
 import { ContainerService, RUNTIME_NAME } from './containers';
-import { EventsBus, eventMatches, validateEventFilters } from './events';
+import {
+  DaemonImages,
+  type DiskUsage,
+  type DiskUsageOptions,
+  type HistoryEntry,
+  type ImageDeleteItem,
+  type ImageListOptions,
+  type ImageRemoveOptions,
+  type ImageSummary,
+  type ImportOptions,
+  type LoadProgress,
+  type LoadResult,
+  type LoginResult,
+  type PruneReport,
+  type PushProgress,
+} from './daemon-images';
+import { EventsBus } from './events';
+import { registryLogin } from './login-images';
 import { ContainerStore } from './store';
 import { nowNs } from './time';
 import { BUILD_TIME, CAPSULE_VERSION, GIT_COMMIT } from './version';
@@ -25,7 +43,11 @@ import type {
   CreateContainerResult,
   DaemonEvent,
   EventsOptions,
+  FilterArgs,
   ImageRecord,
+  PruneContainersResult,
+  UpdateContainerRequest,
+  UpdateContainerResult,
   ListContainersOptions,
   LogsOptions,
   LogsResult,
@@ -41,7 +63,7 @@ import type {
 export interface DaemonOptions {
   config: DaemonConfig;
   log: Logger;
-  images: ImageService;
+  images: ImageManagementService;
   runtime: SandboxRuntime;
 }
 
@@ -71,11 +93,12 @@ export class Daemon {
   constructor(
     readonly config: DaemonConfig,
     private readonly log: Logger,
-    private readonly images: ImageService,
+    private readonly images: ImageManagementService,
     private readonly runtime: SandboxRuntime,
     private readonly containers: ContainerService,
     private readonly events: EventsBus,
     private readonly engineId: string,
+    private readonly imageOps: DaemonImages,
   ) {}
 
   // ---- containers -----------------------------------------------------------------------------
@@ -128,24 +151,88 @@ export class Daemon {
     return this.containers.resize(ref, height, width);
   }
 
-  // ---- images ---------------------------------------------------------------------------------
+  containerRename(ref: string, newName: string): Promise<void> {
+    return this.containers.rename(ref, newName);
+  }
 
-  async imagePull(
+  containerUpdate(ref: string, request: UpdateContainerRequest): Promise<UpdateContainerResult> {
+    return this.containers.update(ref, request);
+  }
+
+  containerPrune(filters: FilterArgs): Promise<PruneContainersResult> {
+    return this.containers.prune(filters);
+  }
+
+  // ---- images (daemon-images.ts: events, in-use checks, login) ------------------------------
+
+  imagePull(
     reference: string,
     options: PullOptions,
     onProgress: (p: PullProgress) => void,
   ): Promise<ImageRecord> {
-    const image = await this.images.pull(reference, options, onProgress);
-    this.events.publish('image', 'pull', { id: reference, attributes: { name: reference } });
-    return image;
+    return this.imageOps.pull(reference, options, onProgress);
   }
 
-  imageList(): Promise<ImageRecord[]> {
-    return this.images.list();
+  imageList(options: ImageListOptions): Promise<ImageSummary[]> {
+    return this.imageOps.list(options);
   }
 
   imageInspect(reference: string): Promise<ImageRecord> {
-    return this.images.get(reference);
+    return this.imageOps.inspect(reference);
+  }
+
+  imageHistory(reference: string): Promise<HistoryEntry[]> {
+    return this.imageOps.history(reference);
+  }
+
+  imageTag(source: string, repository: string, tag?: string): Promise<string> {
+    return this.imageOps.tag(source, repository, tag);
+  }
+
+  imageRemove(reference: string, options: ImageRemoveOptions): Promise<ImageDeleteItem[]> {
+    return this.imageOps.remove(reference, options);
+  }
+
+  imagePrune(filters: FilterArgs): Promise<PruneReport> {
+    return this.imageOps.prune(filters);
+  }
+
+  imagePush(reference: string, options: PushOptions, onProgress: (p: PushProgress) => void): Promise<void> {
+    return this.imageOps.push(reference, options, onProgress);
+  }
+
+  imageSave(references: string[]): Promise<Readable> {
+    return this.imageOps.save(references);
+  }
+
+  imageLoad(
+    archive: AsyncIterable<Uint8Array>,
+    options: { quiet: boolean; signal?: AbortSignal },
+    onProgress: (p: LoadProgress) => void,
+  ): Promise<LoadResult> {
+    return this.imageOps.load(archive, options, onProgress);
+  }
+
+  imageImport(tarball: AsyncIterable<Uint8Array>, options: ImportOptions): Promise<ImageRecord> {
+    return this.imageOps.import(tarball, options);
+  }
+
+  registryLogin(auth: RegistryAuth, signal?: AbortSignal): Promise<LoginResult> {
+    return this.imageOps.login(auth, signal);
+  }
+
+  /** `GET /system/df`: images from the image service, containers from the store, no volumes yet. */
+  async systemDiskUsage(options: DiskUsageOptions): Promise<DiskUsage> {
+    const images = options.images ? await this.imageOps.diskUsage() : undefined;
+    const containers = options.containers
+      ? await this.containers.list({ all: true, limit: 0, size: true, filters: {} })
+      : null;
+    return {
+      layersSize: images?.layersSize ?? 0,
+      images: images?.images ?? null,
+      containers,
+      volumes: options.volumes ? [] : null,
+    };
   }
 
   // ---- system ---------------------------------------------------------------------------------
@@ -178,7 +265,8 @@ export class Daemon {
       hypervisor: runtime.hypervisor,
       runtimeName: RUNTIME_NAME,
       insecureRegistries: this.config.insecureRegistries,
-      debug: this.config.logLevel === 'debug',
+      registryMirrors: this.config.registryMirrors,
+      debug: this.config.debug || this.config.logLevel === 'debug',
       systemTimeNs: nowNs(),
       eventsListeners: this.events.listeners,
     };
@@ -199,15 +287,9 @@ export class Daemon {
     };
   }
 
-  /** Past events (when `sinceNs` is given) and live ones matching the filters. */
+  /** Buffered events (when `since` or `until` is given), then live ones, matching the filters. */
   subscribeEvents(options: EventsOptions, onEvent: (e: DaemonEvent) => void): EventSubscription {
-    validateEventFilters(options.filters);
-    const wanted = (e: DaemonEvent): boolean =>
-      eventMatches(e, options.filters) && (options.untilNs === undefined || e.timeNs <= options.untilNs);
-    const sub = this.events.subscribe(options.sinceNs, (e) => {
-      if (wanted(e)) onEvent(e);
-    });
-    return { past: sub.past.filter(wanted), close: sub.close };
+    return this.events.subscribe(options, onEvent);
   }
 
   /** Stops every container's sandbox and records their exits. */
@@ -249,5 +331,19 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   });
   await containers.init();
   const engineId = await loadEngineId(config.dataRoot);
-  return new Daemon(config, log, options.images, options.runtime, containers, events, engineId);
+  const imageLog = log.child({ component: 'images' });
+  const imageOps = new DaemonImages({
+    images: options.images,
+    events,
+    containers: () => store.all(),
+    log: imageLog,
+    login: (auth, signal) =>
+      registryLogin(auth, {
+        log: imageLog,
+        insecureRegistries: config.insecureRegistries,
+        userAgent: `capsule/${CAPSULE_VERSION}`,
+        ...(signal ? { signal } : {}),
+      }),
+  });
+  return new Daemon(config, log, options.images, options.runtime, containers, events, engineId, imageOps);
 }

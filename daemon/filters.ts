@@ -25,6 +25,13 @@ const CONTAINER_FILTERS = new Set([
 ]);
 const STATUSES = new Set(['created', 'restarting', 'running', 'removing', 'paused', 'exited', 'dead']);
 
+/** 400 "Invalid filter 'k'" for a key outside `accepted` (moby's filters.Args.Validate). */
+export function validateFilterKeys(filters: FilterArgs, accepted: ReadonlySet<string>): void {
+  for (const key of Object.keys(filters)) {
+    if (!accepted.has(key)) throw new InvalidParameterError(`Invalid filter '${key}'`);
+  }
+}
+
 export function validateContainerFilters(filters: FilterArgs): void {
   for (const [key, values] of Object.entries(filters)) {
     if (!CONTAINER_FILTERS.has(key)) throw new InvalidParameterError(`Invalid filter '${key}'`);
@@ -37,6 +44,26 @@ export function validateContainerFilters(filters: FilterArgs): void {
       }
     }
   }
+}
+
+/**
+ * moby's filters.Args.MatchKVList: every `key` or `key=value` under `filterKey` must hold in
+ * `attributes` (true when the filter is absent; false for empty attributes).
+ */
+export function matchKVList(
+  filters: FilterArgs,
+  filterKey: string,
+  attributes: Record<string, string>,
+): boolean {
+  const values = filters[filterKey];
+  if (!values || values.length === 0) return true;
+  if (Object.keys(attributes).length === 0) return false;
+  return values.every((wanted) => {
+    const eq = wanted.indexOf('=');
+    const key = eq < 0 ? wanted : wanted.slice(0, eq);
+    if (!Object.prototype.hasOwnProperty.call(attributes, key)) return false;
+    return eq < 0 || attributes[key] === wanted.slice(eq + 1);
+  });
 }
 
 function labelMatches(labels: Record<string, string>, wanted: string): boolean {

@@ -3,7 +3,19 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { JsonFileLogWriter, MAX_LOG_LINE, decodeEntry, encodeEntry, readLogFile } from './logs';
+import { gunzipSync } from 'node:zlib';
+import { errorCodeOf } from '../common/errdefs';
+import {
+  JsonFileLogWriter,
+  MAX_LOG_LINE,
+  decodeEntry,
+  encodeEntry,
+  fromHumanSize,
+  parseLogOptions,
+  readLogEntries,
+  readLogFile,
+  validateLogOptions,
+} from './logs';
 import type { LogEntry } from './types';
 
 let dir: string;
@@ -118,12 +130,10 @@ describe('json-file log writer', () => {
     const w = await JsonFileLogWriter.open(file);
     w.beginRun();
     w.write({ stream: 1, data: Buffer.from('before\n') });
-    await w.flushed();
-    const sub = w.subscribe();
+    const following = w.follow();
     w.write({ stream: 1, data: Buffer.from('after\n') });
-    const replay = await collect(
-      readLogFile(file, { stdout: true, stderr: true, endByte: sub.committedBytes }),
-    );
+    const { files, subscription: sub } = await following;
+    const replay = await collect(readLogEntries(files, { stdout: true, stderr: true }));
     assert.deepEqual(replay, ['1:before\n']);
     const live = await sub.next();
     assert.equal(live?.data.toString(), 'after\n');
@@ -149,5 +159,139 @@ describe('tail over a long log', () => {
       '1:1000\n',
     ]);
     assert.equal((await collect(readLogFile(file, { stdout: true, stderr: true, tail: 5000 }))).length, 1000);
+  });
+});
+
+describe('json-file rotation (--log-opt max-size/max-file/compress)', () => {
+  const line = (i: number): string => `line-${i}\n`;
+  async function writeLines(file: string, opts: Record<string, string>, n: number): Promise<void> {
+    const w = await JsonFileLogWriter.open(file, parseLogOptions(opts));
+    w.beginRun();
+    for (let i = 0; i < n; i++) w.write({ stream: 1, data: Buffer.from(line(i)) });
+    await w.endRun();
+    await w.close();
+  }
+  const sizeOf = async (p: string): Promise<number> => (await fs.stat(p)).size;
+
+  it('rotates like dockerd: checks before each entry, <log>.1 … .N-1, reads oldest first', async () => {
+    const file = path.join(dir, 'rot-json.log');
+    // dockerd with max-size=1k max-file=3 and 100 lines of "line-N": 13 entries per full file.
+    await writeLines(file, { 'max-size': '1k', 'max-file': '3' }, 100);
+    const names = (await fs.readdir(dir)).filter((n) => n.startsWith('rot-json.log')).sort();
+    assert.deepEqual(names, ['rot-json.log', 'rot-json.log.1', 'rot-json.log.2']);
+    for (const rotated of [`${file}.1`, `${file}.2`]) {
+      const size = await sizeOf(rotated);
+      assert.ok(size >= 1000 && size < 1100, `${rotated} holds ${size} bytes`);
+    }
+    const got = await collect(readLogFile(file, { stdout: true, stderr: true, maxFiles: 3 }));
+    assert.equal(got.length, 35);
+    assert.deepEqual(got.slice(0, 2), ['1:line-65\n', '1:line-66\n']);
+    assert.equal(got.at(-1), '1:line-99\n');
+    assert.deepEqual(await collect(readLogFile(file, { stdout: true, stderr: true, tail: 2, maxFiles: 3 })), [
+      '1:line-98\n',
+      '1:line-99\n',
+    ]);
+  });
+
+  it('max-file=1 keeps the previous file as .1 but reads only the current one (dockerd 20.10)', async () => {
+    const sub = path.join(dir, 'one');
+    await fs.mkdir(sub);
+    const file = path.join(sub, 'x-json.log');
+    await writeLines(file, { 'max-size': '1k' }, 100);
+    assert.deepEqual((await fs.readdir(sub)).sort(), ['x-json.log', 'x-json.log.1']);
+    const got = await collect(readLogFile(file, { stdout: true, stderr: true, maxFiles: 1 }));
+    assert.deepEqual(got, ['1:line-91\n', ...[92, 93, 94, 95, 96, 97, 98, 99].map((i) => `1:line-${i}\n`)]);
+  });
+
+  it('compress=true gzips rotated files to .N.gz and reads through them', async () => {
+    const sub = path.join(dir, 'gz');
+    await fs.mkdir(sub);
+    const file = path.join(sub, 'z-json.log');
+    await writeLines(file, { 'max-size': '1k', 'max-file': '3', compress: 'true' }, 100);
+    assert.deepEqual((await fs.readdir(sub)).sort(), ['z-json.log', 'z-json.log.1.gz', 'z-json.log.2.gz']);
+    const first =
+      gunzipSync(await fs.readFile(`${file}.2.gz`))
+        .toString()
+        .split('\n')[0] ?? '';
+    assert.equal((JSON.parse(first) as { log: string }).log, 'line-65\n');
+    const got = await collect(readLogFile(file, { stdout: true, stderr: true, maxFiles: 3 }));
+    assert.equal(got.length, 35);
+    assert.equal(got[0], '1:line-65\n');
+  });
+
+  it('a follower that subscribed before a rotation misses nothing and sees nothing twice', async () => {
+    const sub = path.join(dir, 'follow');
+    await fs.mkdir(sub);
+    const file = path.join(sub, 'f-json.log');
+    const w = await JsonFileLogWriter.open(file, parseLogOptions({ 'max-size': '200', 'max-file': '5' }));
+    w.beginRun();
+    for (let i = 0; i < 5; i++) w.write({ stream: 1, data: Buffer.from(line(i)) });
+    const following = w.follow();
+    for (let i = 5; i < 20; i++) w.write({ stream: 1, data: Buffer.from(line(i)) });
+    const { files, subscription } = await following;
+    await w.endRun();
+    const seen = await collect(readLogEntries(files, { stdout: true, stderr: true }));
+    for (;;) {
+      const e = await subscription.next();
+      if (!e) break;
+      seen.push(`${e.stream}:${e.data.toString()}`);
+    }
+    assert.deepEqual(
+      seen,
+      Array.from({ length: 20 }, (_, i) => `1:${line(i)}`),
+    );
+    await w.close();
+  });
+
+  it('log options are checked as dockerd: unknown keys at create (400), bad values at start (500)', () => {
+    assert.throws(() => validateLogOptions({ bogus: '3' }), {
+      message: "unknown log opt 'bogus' for json-file log driver",
+    });
+    validateLogOptions({
+      'max-size': 'abc',
+      labels: 'a',
+      env: 'b',
+      'env-regex': 'c',
+      tag: 'x',
+      compress: 'x',
+    });
+    const startError = (config: Record<string, string>): string => {
+      try {
+        parseLogOptions(config);
+        return 'ok';
+      } catch (err) {
+        assert.equal(errorCodeOf(err), 'System');
+        return (err as Error).message;
+      }
+    };
+    assert.equal(
+      startError({ 'max-size': 'abc' }),
+      "failed to initialize logging driver: invalid size: 'abc'",
+    );
+    assert.equal(startError({ 'max-size': '-1' }), "failed to initialize logging driver: invalid size: '-1'");
+    assert.equal(
+      startError({ 'max-size': '0' }),
+      'failed to initialize logging driver: max-size must be a positive number',
+    );
+    assert.equal(
+      startError({ 'max-file': '0' }),
+      'failed to initialize logging driver: max-file cannot be less than 1',
+    );
+    assert.equal(
+      startError({ 'max-size': '1k', 'max-file': 'x' }),
+      'failed to initialize logging driver: strconv.Atoi: parsing "x": invalid syntax',
+    );
+    assert.equal(
+      startError({ 'max-size': '1k', compress: 'maybe' }),
+      'failed to initialize logging driver: strconv.ParseBool: parsing "maybe": invalid syntax',
+    );
+    assert.equal(
+      startError({ 'max-size': '1k', compress: 'true' }),
+      'failed to initialize logging driver: compress cannot be true when max-file is less than 2 or max-size is not set',
+    );
+    assert.equal(startError({ 'max-file': '3' }), 'ok');
+    assert.equal(fromHumanSize('10k'), 10_000);
+    assert.equal(fromHumanSize('1.5m'), 1_500_000);
+    assert.equal(fromHumanSize('2 GB'), 2e9);
   });
 });

@@ -6,13 +6,25 @@
  * without a newline waits for more, and is written as a partial message (no trailing "\n") when it
  * reaches 16 KiB or when the run's output ends.
  *
- * Followers (`logs -f`, `attach?logs=1`) read the file up to the committed size they saw when they
- * subscribed, then receive every later entry live: no entry is lost or repeated between the two.
+ * Rotation (`--log-opt max-size=…`, `max-file=…`, `compress=…`) as dockerd's json-file driver
+ * does it: before an entry is written, a file that reached max-size is renamed to `<log>.1` (older
+ * ones shift to `.2` … up to `.<max-file - 1>`, the oldest is dropped; with `compress=true` rotated
+ * files are gzipped to `.N.gz`) and a new file is started. Reads go through the rotated files,
+ * oldest first, then the current one.
+ *
+ * Followers (`logs -f`, `attach?logs=1`) open the files and subscribe in one step of the writer's
+ * queue, between two writes: they read the files up to that point, then receive every later
+ * entry live, so no entry is lost or repeated between the two, even across a rotation (an opened
+ * file stays readable after it was renamed).
  */
 import { EventEmitter } from 'node:events';
-import { createReadStream, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import * as readline from 'node:readline';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import * as zlib from 'node:zlib';
 import type { FileHandle } from 'node:fs/promises';
+import { InvalidParameterError, SystemError, messageOf } from '../common/errdefs';
 import { formatRFC3339Nano, nowNs, parseRFC3339Nano } from './time';
 import type { LogEntry, OutputChunk } from './types';
 
@@ -54,37 +66,206 @@ export function decodeEntry(line: string): LogEntry | undefined {
   return { stream: raw.stream === 'stderr' ? 2 : 1, data: Buffer.from(raw.log, 'utf8'), timeNs };
 }
 
+/** The json-file driver's rotation settings. */
+export interface LogFileOptions {
+  /** Bytes; -1 = never rotate. */
+  maxSize: number;
+  /** Files kept in all, the current one included (>= 1). */
+  maxFiles: number;
+  compress: boolean;
+}
+
+export const DEFAULT_LOG_OPTIONS: LogFileOptions = { maxSize: -1, maxFiles: 1, compress: false };
+
+const JSON_FILE_OPTS = new Set([
+  'max-file',
+  'max-size',
+  'compress',
+  'labels',
+  'labels-regex',
+  'env',
+  'env-regex',
+  'tag',
+]);
+
+/** dockerd's create-time check of `--log-opt` keys for json-file (values are checked at start). */
+export function validateLogOptions(config: Record<string, string>): void {
+  for (const key of Object.keys(config)) {
+    if (!JSON_FILE_OPTS.has(key)) {
+      throw new InvalidParameterError(`unknown log opt '${key}' for json-file log driver`);
+    }
+  }
+}
+
+const DECIMAL_UNITS: Record<string, number> = { '': 1, k: 1e3, m: 1e6, g: 1e9, t: 1e12, p: 1e15 };
+
+/** go-units FromHumanSize: decimal units ("10k" = 10000, "1.5m" = 1500000). */
+export function fromHumanSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$/.exec(text);
+  if (!m || m[1] === undefined) throw new Error(`invalid size: '${text}'`);
+  if (!/^\d+(\.\d+)?$/.test(m[1])) throw new Error(`strconv.ParseFloat: parsing "${m[1]}": invalid syntax`);
+  return Math.trunc(Number(m[1]) * (DECIMAL_UNITS[(m[2] ?? '').toLowerCase()] ?? 1));
+}
+
+function goParseBool(text: string): boolean {
+  if (['1', 't', 'T', 'TRUE', 'true', 'True'].includes(text)) return true;
+  if (['0', 'f', 'F', 'FALSE', 'false', 'False'].includes(text)) return false;
+  throw new Error(`strconv.ParseBool: parsing "${text}": invalid syntax`);
+}
+
+function parseRotation(config: Record<string, string>): LogFileOptions {
+  let maxSize = -1;
+  const sizeText = config['max-size'];
+  if (sizeText !== undefined) {
+    maxSize = fromHumanSize(sizeText);
+    if (maxSize <= 0) throw new Error('max-size must be a positive number');
+  }
+  let maxFiles = 1;
+  const filesText = config['max-file'];
+  if (filesText !== undefined) {
+    if (!/^[+-]?\d+$/.test(filesText))
+      throw new Error(`strconv.Atoi: parsing "${filesText}": invalid syntax`);
+    maxFiles = Number.parseInt(filesText, 10);
+    if (maxFiles < 1) throw new Error('max-file cannot be less than 1');
+  }
+  let compress = false;
+  const compressText = config.compress;
+  if (compressText !== undefined) {
+    compress = goParseBool(compressText);
+    if (compress && (maxFiles === 1 || maxSize === -1)) {
+      throw new Error('compress cannot be true when max-file is less than 2 or max-size is not set');
+    }
+  }
+  return { maxSize, maxFiles, compress };
+}
+
+/**
+ * The rotation settings from `--log-opt`s; a bad value fails the start as dockerd's does
+ * (500 "failed to initialize logging driver: …").
+ */
+export function parseLogOptions(config: Record<string, string>): LogFileOptions {
+  try {
+    return parseRotation(config);
+  } catch (err) {
+    throw new SystemError(`failed to initialize logging driver: ${messageOf(err)}`, { cause: err });
+  }
+}
+
+/** Settings for reading a log whose options may be bad (reads must still work). */
+export function readOptionsOf(config: Record<string, string>): LogFileOptions {
+  try {
+    return parseRotation(config);
+  } catch {
+    return DEFAULT_LOG_OPTIONS;
+  }
+}
+
 export interface LogSubscription {
-  /** Bytes of the file that hold entries older than the first live one. */
-  readonly committedBytes: number;
   /** Next live entry; undefined once the writer closed (end of the run). */
   next(): Promise<LogEntry | undefined>;
   close(): void;
 }
 
-/** Appends one container's output to its json-file log. One writer per container, shared by runs. */
+interface LogSource {
+  handle: FileHandle;
+  gzip: boolean;
+  /** Read only this many bytes (the current file, as committed when opened). */
+  end?: number;
+}
+
+/** The files of one log, opened at one instant, oldest first; reading them closes them. */
+export class LogFiles {
+  constructor(readonly sources: LogSource[]) {}
+
+  static readonly empty = new LogFiles([]);
+
+  async close(): Promise<void> {
+    await Promise.all(this.sources.map((s) => s.handle.close().catch(() => undefined)));
+  }
+}
+
+async function openIfExists(filePath: string): Promise<FileHandle | undefined> {
+  try {
+    return await fs.open(filePath, 'r');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+/**
+ * Opens `<log>.<maxFiles-1>` … `<log>.1` (plain or .gz) and `<log>`, skipping missing ones. With a
+ * writer, call it between writes (JsonFileLogWriter.snapshot) so that nothing rotates meanwhile.
+ */
+export async function openLogFiles(
+  filePath: string,
+  maxFiles: number,
+  currentEnd?: number,
+): Promise<LogFiles> {
+  const sources: LogSource[] = [];
+  try {
+    for (let i = maxFiles - 1; i >= 1; i--) {
+      const plain = await openIfExists(`${filePath}.${i}`);
+      if (plain) {
+        sources.push({ handle: plain, gzip: false });
+        continue;
+      }
+      const gz = await openIfExists(`${filePath}.${i}.gz`);
+      if (gz) sources.push({ handle: gz, gzip: true });
+    }
+    const current = await openIfExists(filePath);
+    if (current) sources.push({ handle: current, gzip: false, end: currentEnd });
+  } catch (err) {
+    await new LogFiles(sources).close();
+    throw err;
+  }
+  return new LogFiles(sources);
+}
+
+async function exists(p: string): Promise<boolean> {
+  return fs.access(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function renameIfExists(from: string, to: string): Promise<void> {
+  try {
+    await fs.rename(from, to);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+}
+
+/**
+ * Appends one container's output to its json-file log, rotating it by size. One writer per
+ * container, shared by its runs; every file operation runs in one queue, in order.
+ */
 export class JsonFileLogWriter {
   private handle: FileHandle | undefined;
-  private committed = 0;
+  /** Bytes in the current file. */
+  private size = 0;
   private readonly partial = new Map<1 | 2, Buffer>();
   private chain: Promise<void> = Promise.resolve();
   private readonly events = new EventEmitter();
   private runOpen = false;
   private closed = false;
 
-  private constructor(readonly filePath: string) {
+  private constructor(
+    readonly filePath: string,
+    readonly options: LogFileOptions,
+  ) {
     this.events.setMaxListeners(0);
   }
 
-  static async open(filePath: string): Promise<JsonFileLogWriter> {
-    const writer = new JsonFileLogWriter(filePath);
+  static async open(
+    filePath: string,
+    options: LogFileOptions = DEFAULT_LOG_OPTIONS,
+  ): Promise<JsonFileLogWriter> {
+    const writer = new JsonFileLogWriter(filePath, options);
     writer.handle = await fs.open(filePath, 'a', 0o640);
-    writer.committed = (await writer.handle.stat()).size;
+    writer.size = (await writer.handle.stat()).size;
     return writer;
-  }
-
-  get committedBytes(): number {
-    return this.committed;
   }
 
   /** Marks the start of a run: live followers stay subscribed until `endRun`. */
@@ -138,19 +319,87 @@ export class JsonFileLogWriter {
     return this.chain;
   }
 
-  private append(entries: LogEntry[]): void {
-    const text = Buffer.from(entries.map(encodeEntry).join(''), 'utf8');
-    this.chain = this.chain.then(async () => {
-      if (this.closed || !this.handle) return;
-      await this.handle.write(text);
-      this.committed += text.length;
-      for (const entry of entries) this.events.emit('entry', entry);
-    });
-    this.chain.catch(() => undefined);
+  /** Runs `task` in the write queue (between two writes). */
+  private enqueue<T>(task: () => Promise<T>): Promise<T> {
+    const result = this.chain.then(task);
+    this.chain = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    return result;
   }
 
-  /** Subscribes to live entries; pair with reading the file up to `committedBytes`. */
-  subscribe(): LogSubscription {
+  private append(entries: LogEntry[]): void {
+    void this.enqueue(async () => {
+      if (this.closed || !this.handle) return;
+      let pending: Buffer[] = [];
+      let pendingBytes = 0;
+      const flush = async (): Promise<void> => {
+        if (pendingBytes === 0 || !this.handle) return;
+        await this.handle.write(Buffer.concat(pending, pendingBytes));
+        this.size += pendingBytes;
+        pending = [];
+        pendingBytes = 0;
+      };
+      for (const entry of entries) {
+        // dockerd checks before each entry: a file that reached max-size is rotated first.
+        if (this.options.maxSize > 0 && this.size + pendingBytes >= this.options.maxSize) {
+          await flush();
+          await this.rotate();
+        }
+        const bytes = Buffer.from(encodeEntry(entry), 'utf8');
+        pending.push(bytes);
+        pendingBytes += bytes.length;
+      }
+      await flush();
+      for (const entry of entries) this.events.emit('entry', entry);
+    }).catch(() => undefined);
+  }
+
+  /** Caller is in the queue. Shifts the rotated files and starts an empty current file. */
+  private async rotate(): Promise<void> {
+    const { maxFiles, compress } = this.options;
+    const name = this.filePath;
+    await this.handle?.close();
+    this.handle = undefined;
+    if (maxFiles >= 2) {
+      const ext = compress ? '.gz' : '';
+      await fs.rm(`${name}.${maxFiles - 1}${ext}`, { force: true });
+      for (let i = maxFiles - 1; i > 1; i--)
+        await renameIfExists(`${name}.${i - 1}${ext}`, `${name}.${i}${ext}`);
+    }
+    // With max-file=1 dockerd still keeps the previous file as `.1` (never read back).
+    await renameIfExists(name, `${name}.1`);
+    this.handle = await fs.open(name, 'w', 0o640);
+    this.size = 0;
+    if (compress && maxFiles >= 2 && (await exists(`${name}.1`))) {
+      const source = await fs.open(`${name}.1`, 'r');
+      const target = await fs.open(`${name}.1.gz`, 'w', 0o640);
+      try {
+        await pipeline(source.createReadStream(), zlib.createGzip(), target.createWriteStream());
+      } finally {
+        await source.close().catch(() => undefined);
+        await target.close().catch(() => undefined);
+      }
+      await fs.rm(`${name}.1`, { force: true });
+    }
+  }
+
+  /** Opens the log's files as they are now (between two writes). */
+  snapshot(): Promise<LogFiles> {
+    return this.enqueue(() => openLogFiles(this.filePath, this.options.maxFiles, this.size));
+  }
+
+  /** Opens the files and subscribes to later entries in one step: nothing lost or repeated. */
+  follow(): Promise<{ files: LogFiles; subscription: LogSubscription }> {
+    return this.enqueue(async () => {
+      const files = await openLogFiles(this.filePath, this.options.maxFiles, this.size);
+      return { files, subscription: this.subscribe() };
+    });
+  }
+
+  /** Live entries from now on. */
+  private subscribe(): LogSubscription {
     const queue: LogEntry[] = [];
     let ended = !this.runOpen;
     let wake: (() => void) | undefined;
@@ -171,7 +420,6 @@ export class JsonFileLogWriter {
       wake?.();
     };
     return {
-      committedBytes: this.committed,
       next: async () => {
         for (;;) {
           const entry = queue.shift();
@@ -186,7 +434,7 @@ export class JsonFileLogWriter {
   }
 
   async close(): Promise<void> {
-    await this.chain.catch(() => undefined);
+    await this.chain;
     this.closed = true;
     this.events.emit('end');
     const handle = this.handle;
@@ -201,8 +449,6 @@ export interface ReadLogOptions {
   tail?: number;
   sinceNs?: bigint;
   untilNs?: bigint;
-  /** Read only this many bytes of the file (the committed size a follower subscribed at). */
-  endByte?: number;
 }
 
 export function entryWanted(entry: LogEntry, opts: ReadLogOptions): boolean {
@@ -212,38 +458,64 @@ export function entryWanted(entry: LogEntry, opts: ReadLogOptions): boolean {
   return true;
 }
 
-/** Entries of a json-file log, oldest first, filtered; `tail` keeps the last N that pass. */
-export async function* readLogFile(filePath: string, opts: ReadLogOptions): AsyncGenerator<LogEntry> {
-  if (opts.tail === 0 || opts.endByte === 0) return;
-  let stream;
-  try {
-    await fs.access(filePath);
-    stream = createReadStream(filePath, opts.endByte !== undefined ? { end: opts.endByte - 1 } : {});
-  } catch {
-    return;
-  }
-  const lines = readline.createInterface({ input: stream, crlfDelay: Infinity });
+function sourceStream(source: LogSource): Readable {
+  const raw = source.handle.createReadStream({
+    start: 0,
+    ...(source.end !== undefined ? { end: source.end - 1 } : {}),
+    autoClose: false,
+  });
+  if (!source.gzip) return raw;
+  const gunzip = zlib.createGunzip();
+  raw.on('error', (err) => gunzip.destroy(err));
+  return raw.pipe(gunzip);
+}
+
+/**
+ * Entries of a log's files, oldest first, filtered; `tail` keeps the last N that pass (across
+ * files). Closes the files when done.
+ */
+export async function* readLogEntries(files: LogFiles, opts: ReadLogOptions): AsyncGenerator<LogEntry> {
   // The last `tail` entries, kept in a ring so that a long log costs O(lines), not O(lines × tail).
   const ring: LogEntry[] = [];
   let next = 0;
   try {
-    for await (const line of lines) {
-      if (line === '') continue;
-      const entry = decodeEntry(line);
-      if (!entry || !entryWanted(entry, opts)) continue;
-      if (opts.tail === undefined) {
-        yield entry;
-      } else if (ring.length < opts.tail) {
-        ring.push(entry);
-      } else {
-        ring[next] = entry;
-        next = (next + 1) % opts.tail;
+    if (opts.tail === 0) return;
+    for (const source of files.sources) {
+      if (source.end === 0) continue;
+      const input = sourceStream(source);
+      const lines = readline.createInterface({ input, crlfDelay: Infinity });
+      try {
+        for await (const line of lines) {
+          if (line === '') continue;
+          const entry = decodeEntry(line);
+          if (!entry || !entryWanted(entry, opts)) continue;
+          if (opts.tail === undefined) {
+            yield entry;
+          } else if (ring.length < opts.tail) {
+            ring.push(entry);
+          } else {
+            ring[next] = entry;
+            next = (next + 1) % opts.tail;
+          }
+        }
+      } catch {
+        // A damaged rotated file (truncated gzip, say) ends that file, not the read.
+      } finally {
+        lines.close();
+        input.destroy();
       }
     }
   } finally {
-    lines.close();
-    stream.destroy();
+    await files.close();
   }
   yield* ring.slice(next);
   yield* ring.slice(0, next);
+}
+
+/** Reads a log by path (no writer open): rotated files per `maxFiles`, then the current one. */
+export async function* readLogFile(
+  filePath: string,
+  opts: ReadLogOptions & { maxFiles?: number },
+): AsyncGenerator<LogEntry> {
+  yield* readLogEntries(await openLogFiles(filePath, opts.maxFiles ?? 1), opts);
 }

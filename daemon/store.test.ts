@@ -29,6 +29,7 @@ function record(id: string, name: string): ContainerRecord {
     hostConfig: {} as ContainerRecord['hostConfig'],
     state: initialState(),
     restartCount: 0,
+    hasBeenManuallyStopped: false,
   };
 }
 

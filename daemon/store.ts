@@ -69,6 +69,7 @@ export class ContainerStore {
         const text = await fs.readFile(path.join(this.root, entry, CONFIG_FILE), 'utf8');
         const record = JSON.parse(text) as ContainerRecord;
         if (record.id !== entry) throw new Error('id does not match its directory');
+        record.hasBeenManuallyStopped ??= false;
         this.byId.set(record.id, record);
         this.names.set(record.name, record.id);
         loaded.push(record);
@@ -129,6 +130,25 @@ export class ContainerStore {
 
   releaseName(name: string, id: string): void {
     if (this.names.get(name) === id) this.names.delete(name);
+  }
+
+  /**
+   * Gives the container `newName` ("/name"): reserves it (409 when taken), persists, then frees the
+   * old one. The caller holds the container's lock.
+   */
+  async renameLocked(id: string, newName: string): Promise<ContainerRecord> {
+    const current = this.byId.get(id);
+    if (!current) throw new NotFoundError(`No such container: ${id}`);
+    const oldName = current.name;
+    this.reserveName(newName, id);
+    try {
+      const renamed = await this.updateLocked(id, (r) => (r.name = newName));
+      this.releaseName(oldName, id);
+      return renamed;
+    } catch (err) {
+      this.releaseName(newName, id);
+      throw err;
+    }
   }
 
   withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {

@@ -122,7 +122,13 @@ export interface ContainerRecord {
   config: ContainerConfig;
   hostConfig: HostConfig;
   state: ContainerState;
+  /** Restarts by the restart policy since the last manual start. */
   restartCount: number;
+  /**
+   * Set by a user's stop or kill, cleared by a user's start: `unless-stopped` containers stay
+   * stopped (also across a daemon restart). Absent in records written before it existed.
+   */
+  hasBeenManuallyStopped: boolean;
 }
 
 /** A container as the API sees it: the record plus derived and host-side facts. */
@@ -166,6 +172,44 @@ export interface StopOptions {
   timeout?: number;
   /** Signal name or number; undefined = StopSignal or SIGTERM. */
   signal?: string;
+}
+
+/**
+ * The fields `docker update` may change (moby's container.Resources, as dockerd applies them: a
+ * zero or absent value leaves the current one).
+ */
+export interface ResourceUpdate {
+  cpuShares?: number;
+  nanoCpus?: number;
+  cpuPeriod?: number;
+  cpuQuota?: number;
+  cpuRealtimePeriod?: number;
+  cpuRealtimeRuntime?: number;
+  cpusetCpus?: string;
+  cpusetMems?: string;
+  memory?: number;
+  memorySwap?: number;
+  memoryReservation?: number;
+  kernelMemory?: number;
+  blkioWeight?: number;
+  /** Absent = unchanged; 0 = unlimited. */
+  pidsLimit?: number;
+}
+
+export interface UpdateContainerRequest {
+  resources: ResourceUpdate;
+  /** Absent or with an empty name: the policy is left as it is. */
+  restartPolicy?: RestartPolicy;
+}
+
+export interface UpdateContainerResult {
+  warnings: string[] | null;
+}
+
+export interface PruneContainersResult {
+  /** Ids, or null when none was deleted (dockerd's JSON). */
+  containersDeleted: string[] | null;
+  spaceReclaimed: number;
 }
 
 export interface RemoveOptions {
@@ -273,6 +317,8 @@ export interface SystemInfo {
   hypervisor: string;
   runtimeName: string;
   insecureRegistries: string[];
+  /** registry-mirrors, normalised ("http://127.0.0.1:5000/"). */
+  registryMirrors: string[];
   debug: boolean;
   systemTimeNs: bigint;
   eventsListeners: number;

@@ -3,7 +3,7 @@
  * streaming ones (wait, attach, logs) send their headers as soon as the request is known valid.
  */
 import { Router, type Request, type Response } from 'express';
-import { InvalidParameterError } from '../../common/errdefs';
+import { InvalidParameterError, SystemError } from '../../common/errdefs';
 import type { Logger } from '../../common/logger';
 import { formatRFC3339NanoFixed, parseUnixTimestamp } from '../../daemon/time';
 import type {
@@ -12,24 +12,31 @@ import type {
   ContainerView,
   CreateContainerRequest,
   CreateContainerResult,
+  FilterArgs,
   ListContainersOptions,
   LogsOptions,
   LogsResult,
   OutputChunk,
+  PruneContainersResult,
   RemoveOptions,
   StopOptions,
+  UpdateContainerRequest,
+  UpdateContainerResult,
   WaitCondition,
   WaitHandle,
 } from '../../daemon/types';
 import { readJsonBody } from '../body';
 import { clientGone, logClientGone, sendJson } from '../errors';
 import { parseFilters, queryBool, queryInt, queryString } from '../query';
-import { hijack } from '../streams/hijack';
+import { hijack, readRequestBody } from '../streams/hijack';
 import { encodeChunk, streamContentType } from '../streams/multiplex';
 import {
   decodeCreateBody,
+  decodeUpdateBody,
   toContainerJSON,
   toContainerSummary,
+  toPruneResponse,
+  type ContainerUpdateResponse,
   type ContainerWaitResponse,
 } from '../types/containers';
 import { STORAGE_DRIVER } from '../types/system';
@@ -46,6 +53,9 @@ export interface ContainerStateBackend {
   containerKill(ref: string, signal: string | undefined): Promise<void>;
   containerRemove(ref: string, options: RemoveOptions): Promise<void>;
   containerResize(ref: string, height: number, width: number): Promise<void>;
+  containerRename(ref: string, newName: string): Promise<void>;
+  containerUpdate(ref: string, request: UpdateContainerRequest): Promise<UpdateContainerResult>;
+  containerPrune(filters: FilterArgs): Promise<PruneContainersResult>;
 }
 
 export interface ContainerWaitBackend {
@@ -146,6 +156,40 @@ function tailOf(req: Request): number | undefined {
   return n < 0 ? undefined : n;
 }
 
+/** An integer query parameter dockerd requires (strconv.Atoi on the raw value, "" included). */
+function requiredInt(req: Request, key: string): number {
+  const text = queryString(req, key) ?? '';
+  if (!/^[+-]?\d+$/.test(text)) {
+    throw new InvalidParameterError(`strconv.Atoi: parsing ${JSON.stringify(text)}: invalid syntax`);
+  }
+  return Number.parseInt(text, 10);
+}
+
+/**
+ * The update body as dockerd reads it: CheckForJSON (400), then Go's decoder (500 "EOF" for no
+ * body, 500 for malformed JSON).
+ */
+async function readUpdateBody(req: Request): Promise<unknown> {
+  const body = await readRequestBody(req);
+  const contentType = req.headers['content-type'] ?? '';
+  if (!(contentType === '' && body.length === 0) && !/^application\/json(\s*;.*)?$/i.test(contentType)) {
+    throw new InvalidParameterError(`Content-Type specified (${contentType}) must be 'application/json'`);
+  }
+  const text = body.toString('utf8');
+  if (text.trim() === '') return undefined;
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    // Go's decoder texts, approximately: the offending character, or a truncated body.
+    const detail = (err as Error).message;
+    const token = /Unexpected token '?(.)/.exec(detail)?.[1];
+    throw new SystemError(
+      token === undefined ? 'unexpected EOF' : `invalid character '${token}' looking for beginning of value`,
+      { cause: err },
+    );
+  }
+}
+
 function startWaitResponse(res: Response): void {
   res.statusCode = 200;
   res.setHeader('Content-Type', 'application/json');
@@ -218,8 +262,25 @@ export function createContainersRouter(backend: ContainersBackend, log: Logger):
   });
 
   router.post('/containers/:id/resize', async (req, res) => {
-    await backend.containerResize(ref(req), queryInt(req, 'h') ?? 0, queryInt(req, 'w') ?? 0);
+    await backend.containerResize(ref(req), requiredInt(req, 'h'), requiredInt(req, 'w'));
     res.status(200).end();
+  });
+
+  router.post('/containers/:id/rename', async (req, res) => {
+    await backend.containerRename(ref(req), queryString(req, 'name') ?? '');
+    res.status(204).end();
+  });
+
+  router.post('/containers/:id/update', async (req, res) => {
+    const request = decodeUpdateBody(await readUpdateBody(req), { atLeast140: versionAtLeast(req, '1.40') });
+    const result = await backend.containerUpdate(ref(req), request);
+    const body: ContainerUpdateResponse = { Warnings: result.warnings };
+    sendJson(res, 200, body);
+  });
+
+  router.post('/containers/prune', async (req, res) => {
+    const result = await backend.containerPrune(parseFilters(queryString(req, 'filters')));
+    sendJson(res, 200, toPruneResponse(result));
   });
 
   router.post('/containers/:id/wait', async (req, res) => {

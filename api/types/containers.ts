@@ -2,13 +2,16 @@
  * Docker's container wire shapes (API 1.41–1.43, as docker-engine-api-v1.41.yaml and dockerd
  * 20.10 answer them) and their translation from and to the daemon's domain types.
  */
-import { InvalidParameterError } from '../../common/errdefs';
+import { InvalidParameterError, SystemError } from '../../common/errdefs';
 import type {
   ContainerConfig,
   ContainerView,
   HealthcheckConfig,
   HostConfig,
   PortBinding,
+  PruneContainersResult,
+  ResourceUpdate,
+  UpdateContainerRequest,
 } from '../../daemon/types';
 import { unixSeconds } from '../../daemon/time';
 import { statusText } from './human';
@@ -137,6 +140,19 @@ export interface ContainerCreateResponse {
   Warnings: string[];
 }
 
+export interface ContainerUpdateResponse {
+  Warnings: string[] | null;
+}
+
+export interface ContainersPruneResponse {
+  ContainersDeleted: string[] | null;
+  SpaceReclaimed: number;
+}
+
+export function toPruneResponse(r: PruneContainersResult): ContainersPruneResponse {
+  return { ContainersDeleted: r.containersDeleted, SpaceReclaimed: r.spaceReclaimed };
+}
+
 export interface ContainerWaitResponse {
   Error: { Message: string } | null;
   StatusCode: number;
@@ -263,26 +279,14 @@ const NAMED_HOST_FIELDS = new Set([
   'Runtime',
 ]);
 
-const RESTART_POLICIES = new Set(['', 'no', 'always', 'unless-stopped', 'on-failure']);
-
 export function decodeHostConfig(v: unknown): HostConfig {
   const o: Obj = isObj(v) ? v : {};
   if (v !== undefined && v !== null && !isObj(v)) bad('HostConfig', 'an object');
 
+  // Validated by the daemon (dockerd's validateRestartPolicy), before the image is looked up.
   const rp = isObj(o.RestartPolicy) ? o.RestartPolicy : {};
   const restartName = str(rp, 'Name');
-  if (!RESTART_POLICIES.has(restartName))
-    throw new InvalidParameterError(`invalid restart policy '${restartName}'`);
   const maxRetry = num(rp, 'MaximumRetryCount');
-  if (maxRetry < 0)
-    throw new InvalidParameterError(
-      'invalid value for restart policy: maximum retry count cannot be negative',
-    );
-  if (maxRetry > 0 && restartName !== 'on-failure') {
-    throw new InvalidParameterError(
-      `invalid restart policy: maximum retry count can only be used with 'on-failure'`,
-    );
-  }
 
   const portBindings: Record<string, PortBinding[] | null> = {};
   if (isObj(o.PortBindings)) {
@@ -372,6 +376,87 @@ export function decodeCreateBody(body: unknown): { config: ContainerConfig; host
   return { config: decodeContainerConfig(body), hostConfig: decodeHostConfig(body.HostConfig) };
 }
 
+// ---- decoding the update body -------------------------------------------------------------------
+
+/** Go's name for a JSON value's kind, as encoding/json's UnmarshalTypeError prints it. */
+function jsonKind(v: unknown): string {
+  if (Array.isArray(v)) return 'array';
+  if (typeof v === 'boolean') return 'bool';
+  return typeof v;
+}
+
+function unmarshalError(field: string, v: unknown, goType: string): never {
+  const what = typeof v === 'number' ? `number ${v}` : jsonKind(v);
+  throw new SystemError(`json: cannot unmarshal ${what} into Go struct field ${field} of type ${goType}`);
+}
+
+const UPDATE_INTEGERS: Array<[string, keyof ResourceUpdate, string]> = [
+  ['BlkioWeight', 'blkioWeight', 'uint16'],
+  ['CpuShares', 'cpuShares', 'int64'],
+  ['NanoCpus', 'nanoCpus', 'int64'],
+  ['CpuPeriod', 'cpuPeriod', 'int64'],
+  ['CpuQuota', 'cpuQuota', 'int64'],
+  ['CpuRealtimePeriod', 'cpuRealtimePeriod', 'int64'],
+  ['CpuRealtimeRuntime', 'cpuRealtimeRuntime', 'int64'],
+  ['Memory', 'memory', 'int64'],
+  ['MemorySwap', 'memorySwap', 'int64'],
+  ['MemoryReservation', 'memoryReservation', 'int64'],
+  ['KernelMemory', 'kernelMemory', 'int64'],
+];
+
+/**
+ * The body of POST /containers/{id}/update (container.UpdateConfig: Resources and RestartPolicy),
+ * decoded as Go's encoding/json would: type mismatches are its 500 errors, unknown fields are
+ * ignored, null is an empty update. `undefined` (no body) is dockerd's "EOF".
+ */
+export function decodeUpdateBody(
+  body: unknown,
+  apiVersion?: { atLeast140: boolean },
+): UpdateContainerRequest {
+  if (body === undefined) throw new SystemError('EOF');
+  if (body === null) return { resources: {} };
+  if (!isObj(body)) {
+    throw new SystemError(
+      `json: cannot unmarshal ${jsonKind(body)} into Go value of type container.UpdateConfig`,
+    );
+  }
+  const resources: ResourceUpdate = {};
+  for (const [wire, key, goType] of UPDATE_INTEGERS) {
+    const v = body[wire];
+    if (v === undefined || v === null) continue;
+    if (typeof v !== 'number' || !Number.isInteger(v)) unmarshalError(`UpdateConfig.${wire}`, v, goType);
+    (resources as Record<string, number>)[key] = v;
+  }
+  for (const [wire, key] of [
+    ['CpusetCpus', 'cpusetCpus'],
+    ['CpusetMems', 'cpusetMems'],
+  ] as const) {
+    const v = body[wire];
+    if (v === undefined || v === null) continue;
+    if (typeof v !== 'string') unmarshalError(`UpdateConfig.${wire}`, v, 'string');
+    resources[key] = v;
+  }
+  const pids = body.PidsLimit;
+  if (pids !== undefined && pids !== null && (apiVersion?.atLeast140 ?? true)) {
+    if (typeof pids !== 'number' || !Number.isInteger(pids))
+      unmarshalError('UpdateConfig.PidsLimit', pids, 'int64');
+    // Both 0 and -1 (any negative) mean unlimited, stored as 0.
+    resources.pidsLimit = pids <= 0 ? 0 : pids;
+  }
+  const request: UpdateContainerRequest = { resources };
+  const rp = body.RestartPolicy;
+  if (rp !== undefined && rp !== null) {
+    if (!isObj(rp)) unmarshalError('UpdateConfig.RestartPolicy', rp, 'container.RestartPolicy');
+    const name = rp.Name ?? '';
+    if (typeof name !== 'string') unmarshalError('UpdateConfig.RestartPolicy.Name', name, 'string');
+    const max = rp.MaximumRetryCount ?? 0;
+    if (typeof max !== 'number' || !Number.isInteger(max))
+      unmarshalError('UpdateConfig.RestartPolicy.MaximumRetryCount', max, 'int');
+    request.restartPolicy = { name, maximumRetryCount: max };
+  }
+  return request;
+}
+
 // ---- encoding -----------------------------------------------------------------------------------
 
 export function encodeContainerConfig(c: ContainerConfig): WireContainerConfig {
@@ -433,9 +518,9 @@ const HOST_CONFIG_DEFAULTS: Record<string, unknown> = {
   CapAdd: null,
   CapDrop: null,
   CgroupnsMode: 'private',
-  Dns: [],
-  DnsOptions: [],
-  DnsSearch: [],
+  Dns: null,
+  DnsOptions: null,
+  DnsSearch: null,
   ExtraHosts: null,
   GroupAdd: null,
   IpcMode: 'private',
@@ -458,18 +543,18 @@ const HOST_CONFIG_DEFAULTS: Record<string, unknown> = {
   NanoCpus: 0,
   CgroupParent: '',
   BlkioWeight: 0,
-  BlkioWeightDevice: [],
-  BlkioDeviceReadBps: [],
-  BlkioDeviceWriteBps: [],
-  BlkioDeviceReadIOps: [],
-  BlkioDeviceWriteIOps: [],
+  BlkioWeightDevice: null,
+  BlkioDeviceReadBps: null,
+  BlkioDeviceWriteBps: null,
+  BlkioDeviceReadIOps: null,
+  BlkioDeviceWriteIOps: null,
   CpuPeriod: 0,
   CpuQuota: 0,
   CpuRealtimePeriod: 0,
   CpuRealtimeRuntime: 0,
   CpusetCpus: '',
   CpusetMems: '',
-  Devices: [],
+  Devices: null,
   DeviceCgroupRules: null,
   DeviceRequests: null,
   KernelMemory: 0,
@@ -479,7 +564,7 @@ const HOST_CONFIG_DEFAULTS: Record<string, unknown> = {
   MemorySwappiness: null,
   OomKillDisable: false,
   PidsLimit: null,
-  Ulimits: [],
+  Ulimits: null,
   CpuCount: 0,
   CpuPercent: 0,
   IOMaximumIOps: 0,
@@ -499,24 +584,10 @@ const HOST_CONFIG_DEFAULTS: Record<string, unknown> = {
   ReadonlyPaths: ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'],
 };
 
-/** Empty lists dockerd normalises to [] (the CLI sends them as null or []). */
-const LIST_DEFAULTS = [
-  'Dns',
-  'DnsOptions',
-  'DnsSearch',
-  'BlkioWeightDevice',
-  'BlkioDeviceReadBps',
-  'BlkioDeviceWriteBps',
-  'BlkioDeviceReadIOps',
-  'BlkioDeviceWriteIOps',
-  'Devices',
-  'Ulimits',
-];
-
 export function encodeHostConfig(h: HostConfig): WireHostConfig {
   const out: Record<string, unknown> = { ...HOST_CONFIG_DEFAULTS };
+  // Lists are reported as sent (the CLI sends [], the raw API may send nothing: null).
   for (const [k, v] of Object.entries(h.passthrough)) {
-    if (v === null && LIST_DEFAULTS.includes(k)) continue;
     if ((k === 'ShmSize' && v === 0) || (k === 'IpcMode' && v === '') || (k === 'CgroupnsMode' && v === ''))
       continue;
     if ((k === 'MaskedPaths' || k === 'ReadonlyPaths') && v === null) continue;
@@ -533,10 +604,8 @@ export function encodeHostConfig(h: HostConfig): WireHostConfig {
     LogConfig: { Type: h.logConfig.type, Config: h.logConfig.config },
     NetworkMode: h.networkMode,
     PortBindings: portBindings,
-    RestartPolicy: {
-      Name: h.restartPolicy.name || 'no',
-      MaximumRetryCount: h.restartPolicy.maximumRetryCount,
-    },
+    // As sent: the CLI sends "no", the raw API may send nothing ("").
+    RestartPolicy: { Name: h.restartPolicy.name, MaximumRetryCount: h.restartPolicy.maximumRetryCount },
     AutoRemove: h.autoRemove,
     ConsoleSize: h.consoleSize,
     Memory: h.memory,

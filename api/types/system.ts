@@ -62,6 +62,29 @@ export function toVersionResponse(
 /** The storage driver name Capsule reports: host overlayfs shared into each VM. */
 export const STORAGE_DRIVER = 'overlayfs';
 
+const IPV4_CIDR = /^\d+\.\d+\.\d+\.\d+\/\d+$/;
+
+/**
+ * dockerd's RegistryConfig: insecure CIDRs (plus 127.0.0.0/8, always insecure) in
+ * InsecureRegistryCIDRs, insecure names as non-secure IndexConfigs, mirrors on docker.io's
+ * IndexConfig and in Mirrors.
+ */
+export function toRegistryConfig(insecure: string[], mirrors: string[]): Record<string, unknown> {
+  const cidrs = insecure.filter((r) => IPV4_CIDR.test(r));
+  if (!cidrs.includes('127.0.0.0/8')) cidrs.push('127.0.0.0/8');
+  const names = insecure.filter((r) => !IPV4_CIDR.test(r));
+  return {
+    AllowNondistributableArtifactsCIDRs: [],
+    AllowNondistributableArtifactsHostnames: [],
+    InsecureRegistryCIDRs: cidrs,
+    IndexConfigs: {
+      'docker.io': { Name: 'docker.io', Mirrors: [...mirrors], Secure: true, Official: true },
+      ...Object.fromEntries(names.map((r) => [r, { Name: r, Mirrors: [], Secure: false, Official: false }])),
+    },
+    Mirrors: [...mirrors],
+  };
+}
+
 export function toInfoResponse(i: SystemInfo): Record<string, unknown> {
   return {
     ID: i.id,
@@ -111,18 +134,7 @@ export function toInfoResponse(i: SystemInfo): Record<string, unknown> {
     OSType: 'linux',
     Architecture: i.architecture,
     IndexServerAddress: 'https://index.docker.io/v1/',
-    RegistryConfig: {
-      AllowNondistributableArtifactsCIDRs: [],
-      AllowNondistributableArtifactsHostnames: [],
-      InsecureRegistryCIDRs: ['127.0.0.0/8'],
-      IndexConfigs: {
-        'docker.io': { Name: 'docker.io', Mirrors: [], Secure: true, Official: true },
-        ...Object.fromEntries(
-          i.insecureRegistries.map((r) => [r, { Name: r, Mirrors: [], Secure: false, Official: false }]),
-        ),
-      },
-      Mirrors: [],
-    },
+    RegistryConfig: toRegistryConfig(i.insecureRegistries, i.registryMirrors),
     NCPU: i.ncpu,
     MemTotal: i.memTotal,
     GenericResources: null,

@@ -8,14 +8,29 @@
  */
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { InvalidParameterError, NotFoundError, UnavailableError } from '../../common/errdefs';
+import { ConflictError, InvalidParameterError, NotFoundError, UnavailableError } from '../../common/errdefs';
 import type {
+  HistoryEntry,
   ImageConfigFile,
+  ImageDeleteItem,
+  ImageInUse,
+  ImageListOptions,
+  ImageManagementService,
   ImageRecord,
   ImageRuntimeConfig,
-  ImageService,
+  ImagesDiskUsage,
+  ImageSummary,
+  ImportOptions,
+  LoadOptions,
+  LoadProgress,
+  LoadResult,
+  PruneOptions,
+  PruneReport,
   PullOptions,
   PullProgress,
+  PushOptions,
+  PushProgress,
+  RemoveOptions as ImageRemoveOptions,
 } from '../../images/types';
 import type {
   ExitResult,
@@ -65,10 +80,18 @@ function makeImage(spec: FakeImageSpec): ImageRecord {
   };
 }
 
-export class FakeImageService implements ImageService {
+/**
+ * A fake of the whole image service. Names live in `local` (normalised name → record), images in
+ * `byId`; tag, rmi, prune, push, save/load and import follow dockerd's rules closely enough for
+ * the API and CLI tests (the real rules are tested in images/).
+ */
+export class FakeImageService implements ImageManagementService {
   private readonly local = new Map<string, ImageRecord>();
+  private readonly byId = new Map<string, ImageRecord>();
   private readonly registry = new Map<string, FakeImageSpec>();
   readonly pulls: string[] = [];
+  /** Pushes seen: the reference pushed (with its tag) and the credentials sent. */
+  readonly pushes: Array<{ ref: string; auth?: PushOptions['auth'] }> = [];
 
   constructor(options: { images?: FakeImageSpec[]; registry?: FakeImageSpec[] } = {}) {
     for (const spec of options.images ?? []) this.add(spec);
@@ -77,8 +100,19 @@ export class FakeImageService implements ImageService {
 
   add(spec: FakeImageSpec): ImageRecord {
     const image = makeImage(spec);
-    this.local.set(normalizeFakeRef(spec.ref), image);
+    this.name(normalizeFakeRef(spec.ref), image);
     return image;
+  }
+
+  /** Points `ref` at `image`, taking the name from the image it named before. */
+  private name(ref: string, image: ImageRecord): void {
+    const previous = this.local.get(ref);
+    if (previous !== undefined && previous !== image) {
+      previous.repoTags = previous.repoTags.filter((t) => t !== ref);
+    }
+    this.local.set(ref, image);
+    this.byId.set(image.id, image);
+    if (!image.repoTags.includes(ref)) image.repoTags.push(ref);
   }
 
   /** Points an existing name at a different image (the tag "moves"). */
@@ -113,7 +147,7 @@ export class FakeImageService implements ImageService {
     if (byName) return byName;
     const hex = reference.replace(/^sha256:/, '');
     if (/^[0-9a-f]{4,64}$/.test(hex)) {
-      const matches = [...new Set(this.local.values())].filter((i) => i.id.slice(7).startsWith(hex));
+      const matches = [...this.byId.values()].filter((i) => i.id.slice(7).startsWith(hex));
       if (matches.length === 1 && matches[0]) return matches[0];
     }
     throw new NotFoundError(`No such image: ${normalizeFakeRef(reference)}`);
@@ -125,6 +159,292 @@ export class FakeImageService implements ImageService {
 
   async layerDirs(_image: ImageRecord): Promise<string[]> {
     return [];
+  }
+
+  // ---- ImageNaming ------------------------------------------------------------------------------
+
+  async tag(source: string, repository: string, tag?: string): Promise<string> {
+    const image = await this.get(source);
+    if (repository === '') throw new InvalidParameterError('invalid reference format');
+    const repo = normalizeFakeRef(repository);
+    const base = repo.slice(0, repo.lastIndexOf(':'));
+    if (base !== base.toLowerCase()) {
+      throw new InvalidParameterError('invalid reference format: repository name must be lowercase');
+    }
+    const ref = tag ? `${base}:${tag}` : repo;
+    this.name(ref, image);
+    image.lastTagTime = new Date().toISOString();
+    return ref;
+  }
+
+  async remove(
+    reference: string,
+    options: ImageRemoveOptions,
+    isInUse: ImageInUse,
+  ): Promise<ImageDeleteItem[]> {
+    const image = await this.get(reference);
+    const short = image.id.slice(7, 19);
+    const userOf = (): { id: string; running: boolean } | undefined => {
+      const u = isInUse(image.id);
+      return typeof u === 'string' ? { id: u, running: false } : u;
+    };
+    const items: ImageDeleteItem[] = [];
+    const byId = image.id.startsWith(reference) || image.id.slice(7).startsWith(reference);
+    if (!byId) {
+      const ref = normalizeFakeRef(reference);
+      const user = userOf();
+      if (!options.force && image.repoTags.length === 1 && user !== undefined) {
+        throw new ConflictError(
+          `conflict: unable to remove repository reference ${JSON.stringify(reference)} (must force) - container ${user.id.slice(0, 12)} is using its referenced image ${short}`,
+        );
+      }
+      this.local.delete(ref);
+      image.repoTags = image.repoTags.filter((t) => t !== ref);
+      items.push({ untagged: ref });
+      // The last name went: the image goes too, unless a container keeps it (forced: a
+      // stopped container's image is deleted anyway, as dockerd reports it).
+      if (image.repoTags.length > 0 || user?.running || (user !== undefined && !options.force)) {
+        return items;
+      }
+    } else {
+      const user = userOf();
+      if (user?.running) {
+        throw new ConflictError(
+          `conflict: unable to delete ${short} (cannot be forced) - image is being used by running container ${user.id.slice(0, 12)}`,
+        );
+      }
+      if (!options.force && image.repoTags.length > 1) {
+        throw new ConflictError(
+          `conflict: unable to delete ${short} (must be forced) - image is referenced in multiple repositories`,
+        );
+      }
+      if (!options.force && user !== undefined) {
+        throw new ConflictError(
+          `conflict: unable to delete ${short} (must be forced) - image is being used by stopped container ${user.id.slice(0, 12)}`,
+        );
+      }
+      for (const t of image.repoTags) {
+        this.local.delete(t);
+        items.push({ untagged: t });
+      }
+      image.repoTags = [];
+    }
+    this.byId.delete(image.id);
+    items.push({ deleted: image.id });
+    return items;
+  }
+
+  async prune(options: PruneOptions, isInUse: ImageInUse): Promise<PruneReport> {
+    const filters = options.filters ?? {};
+    for (const key of Object.keys(filters)) {
+      if (!['dangling', 'until', 'label', 'label!'].includes(key)) {
+        throw new InvalidParameterError(`Invalid filter '${key}'`);
+      }
+    }
+    const danglingOnly = !(filters.dangling ?? []).some((v) => v === 'false' || v === '0');
+    const report: PruneReport = { imagesDeleted: [], spaceReclaimed: 0 };
+    for (const image of [...this.byId.values()]) {
+      if (isInUse(image.id) !== undefined) continue;
+      if (danglingOnly && image.repoTags.length > 0) continue;
+      for (const t of image.repoTags) {
+        this.local.delete(t);
+        report.imagesDeleted.push({ untagged: t });
+      }
+      image.repoTags = [];
+      this.byId.delete(image.id);
+      report.imagesDeleted.push({ deleted: image.id });
+      report.spaceReclaimed += image.size;
+    }
+    return report;
+  }
+
+  // ---- ImageViews -------------------------------------------------------------------------------
+
+  async listImages(options: ImageListOptions = {}): Promise<ImageSummary[]> {
+    const filters = options.filters ?? {};
+    for (const key of Object.keys(filters)) {
+      if (!['dangling', 'label', 'reference', 'before', 'since'].includes(key)) {
+        throw new InvalidParameterError(`Invalid filter '${key}'`);
+      }
+    }
+    const dangling = filters.dangling?.[0];
+    if (dangling !== undefined && !['true', 'false', '1', '0'].includes(dangling)) {
+      throw new InvalidParameterError(`Invalid filter 'dangling=[${dangling}]'`);
+    }
+    const out: ImageSummary[] = [];
+    for (const image of this.byId.values()) {
+      let tags = image.repoTags;
+      const refs = filters.reference;
+      if (refs !== undefined) {
+        const glob = (r: string): RegExp =>
+          new RegExp(`^${r.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '[^/]*')}$`);
+        tags = tags.filter((t) =>
+          refs.some((r) => glob(r).test(t) || glob(r).test(t.slice(0, t.lastIndexOf(':')))),
+        );
+        if (tags.length === 0) continue;
+      }
+      if ((dangling === 'true' || dangling === '1') && tags.length > 0) continue;
+      if ((dangling === 'false' || dangling === '0') && tags.length === 0) continue;
+      const labels = image.config.config?.Labels ?? null;
+      const wanted = filters.label ?? [];
+      if (
+        !wanted.every((l) => {
+          const eq = l.indexOf('=');
+          return eq < 0 ? labels?.[l] !== undefined : labels?.[l.slice(0, eq)] === l.slice(eq + 1);
+        })
+      ) {
+        continue;
+      }
+      const none = tags.length === 0 && image.repoDigests.length === 0;
+      out.push({
+        id: image.id,
+        parentId: '',
+        repoTags: none ? ['<none>:<none>'] : tags.length > 0 ? [...tags] : null,
+        repoDigests: none ? ['<none>@<none>'] : image.repoDigests.length > 0 ? [...image.repoDigests] : null,
+        created: Math.floor(Date.parse(image.created) / 1000) || 0,
+        size: image.size,
+        sharedSize: -1,
+        virtualSize: image.size,
+        labels,
+        containers: -1,
+      });
+    }
+    return out.sort((a, b) => b.created - a.created || (a.id < b.id ? -1 : 1));
+  }
+
+  async history(reference: string): Promise<HistoryEntry[]> {
+    const image = await this.get(reference);
+    const entries = (image.config.history ?? []).map((h): HistoryEntry => ({
+      id: '<missing>',
+      created: Math.floor(Date.parse(h.created ?? '') / 1000) || 0,
+      createdBy: h.created_by ?? '',
+      tags: null,
+      size: h.empty_layer ? 0 : image.size,
+      comment: h.comment ?? '',
+    }));
+    entries.reverse();
+    const top = entries[0];
+    if (top !== undefined) {
+      top.id = image.id;
+      top.tags = image.repoTags.length > 0 ? [...image.repoTags] : null;
+    }
+    return entries;
+  }
+
+  async diskUsage(containersUsing: (imageId: string) => number): Promise<ImagesDiskUsage> {
+    const images = await this.listImages({ all: true });
+    for (const s of images) {
+      s.containers = containersUsing(s.id);
+      s.sharedSize = 0;
+    }
+    return { layersSize: images.reduce((n, s) => n + s.size, 0), images };
+  }
+
+  // ---- ImageTransfer ----------------------------------------------------------------------------
+
+  async push(reference: string, options: PushOptions, onProgress: (p: PushProgress) => void): Promise<void> {
+    const normalized = normalizeFakeRef(reference);
+    const repo = normalized.slice(0, normalized.lastIndexOf(':'));
+    if (repo !== repo.toLowerCase()) {
+      throw new InvalidParameterError('invalid reference format: repository name must be lowercase');
+    }
+    const tag = options.tag ?? normalized.slice(normalized.lastIndexOf(':') + 1);
+    onProgress({ status: `The push refers to repository [${repo}]` });
+    const image = this.local.get(`${repo}:${tag}`);
+    if (image === undefined) throw new NotFoundError(`tag does not exist: ${repo}:${tag}`);
+    this.pushes.push({ ref: `${repo}:${tag}`, ...(options.auth ? { auth: options.auth } : {}) });
+    const layer = image.config.rootfs.diff_ids[0]?.slice(7, 19) ?? '000000000000';
+    onProgress({ status: 'Preparing', progressDetail: {}, id: layer });
+    onProgress({ status: 'Pushing', progressDetail: { current: 10, total: 20 }, id: layer });
+    onProgress({ status: 'Pushed', progressDetail: {}, id: layer });
+    const digest = `sha256:${createHash('sha256').update(image.id).update(repo).digest('hex')}`;
+    onProgress({ status: `${tag}: digest: ${digest} size: 527` });
+    onProgress({ progressDetail: {}, aux: { Tag: tag, Digest: digest, Size: 527 } });
+    const canonical = `${repo}@${digest}`;
+    if (!image.repoDigests.includes(canonical)) image.repoDigests.push(canonical);
+    // What was pushed can be pulled back.
+    this.registry.set(`${repo}:${tag}`, {
+      ref: `${repo}:${tag}`,
+      ...(image.config.config ? { config: image.config.config } : {}),
+      size: image.size,
+    });
+  }
+
+  /** A fake archive: JSON of the records (not a tar; only this fake's load reads it). */
+  async save(references: string[]): Promise<Readable> {
+    const records: ImageRecord[] = [];
+    for (const r of references) {
+      const image = await this.get(r);
+      const named = this.local.get(normalizeFakeRef(r)) === image ? [normalizeFakeRef(r)] : [];
+      records.push({ ...image, repoTags: named, repoDigests: [] });
+    }
+    return Readable.from([Buffer.from(JSON.stringify({ fakeArchive: records }))]);
+  }
+
+  async load(
+    archive: AsyncIterable<Uint8Array>,
+    _options: LoadOptions,
+    onProgress: (p: LoadProgress) => void,
+  ): Promise<LoadResult> {
+    const chunks: Buffer[] = [];
+    for await (const chunk of archive) chunks.push(Buffer.from(chunk));
+    let records: ImageRecord[];
+    try {
+      records = (JSON.parse(Buffer.concat(chunks).toString('utf8')) as { fakeArchive: ImageRecord[] })
+        .fakeArchive;
+      if (!Array.isArray(records)) throw new Error('not a fake archive');
+    } catch {
+      throw new InvalidParameterError('unexpected EOF');
+    }
+    const result: LoadResult = { ids: [], tags: [] };
+    for (const record of records) {
+      const image = this.byId.get(record.id) ?? { ...record, repoTags: [], repoDigests: [] };
+      this.byId.set(image.id, image);
+      result.ids.push(image.id);
+      for (const t of record.repoTags) {
+        this.name(t, image);
+        result.tags.push(t);
+        onProgress({ stream: `Loaded image: ${t}\n` });
+      }
+      if (record.repoTags.length === 0) onProgress({ stream: `Loaded image ID: ${image.id}\n` });
+    }
+    return result;
+  }
+
+  async import(tarball: AsyncIterable<Uint8Array>, options: ImportOptions): Promise<ImageRecord> {
+    const config: ImageRuntimeConfig = {};
+    for (const change of options.changes ?? []) {
+      const m = /^\s*(\w+)\s+(.*)$/.exec(change);
+      const [, verb = '', arg = ''] = m ?? [];
+      if (verb.toUpperCase() === 'CMD')
+        config.Cmd = arg.startsWith('[') ? (JSON.parse(arg) as string[]) : ['/bin/sh', '-c', arg];
+      else if (verb.toUpperCase() === 'ENV') config.Env = [...(config.Env ?? []), arg.replace(/\s+/, '=')];
+      else throw new InvalidParameterError(`${verb.toLowerCase()} is not a valid change command`);
+    }
+    const hash = createHash('sha256');
+    for await (const chunk of tarball) hash.update(chunk);
+    const created = new Date().toISOString();
+    const image: ImageRecord = {
+      id: `sha256:${createHash('sha256').update(hash.digest('hex')).update(created).digest('hex')}`,
+      repoTags: [],
+      repoDigests: [],
+      created,
+      size: 1024,
+      config: {
+        architecture: 'amd64',
+        os: 'linux',
+        created,
+        config,
+        rootfs: { type: 'layers', diff_ids: [`sha256:${'1'.repeat(64)}`] },
+        history: [{ created, comment: options.message ?? `Imported from ${options.source ?? '-'}` }],
+      },
+    };
+    this.byId.set(image.id, image);
+    if (options.repository) {
+      const repo = normalizeFakeRef(options.repository);
+      this.name(options.tag ? `${repo.slice(0, repo.lastIndexOf(':'))}:${options.tag}` : repo, image);
+    }
+    return image;
   }
 }
 
