@@ -1,5 +1,6 @@
 /**
- * capsuled: the composition root. Parses flags, builds the logger, the process supervisor, the
+ * capsuled: the composition root. Parses flags and the daemon.json-style configuration file
+ * (`--config-file`, default /etc/capsule/daemon.json), builds the logger, the process supervisor, the
  * image service, the sandbox runtime (after choosing the accelerator), the daemon and the API
  * server, listens on the unix socket, and tears everything down on SIGTERM/SIGINT.
  *
@@ -15,7 +16,7 @@ import { closeApiServer, createApiServer } from '../api/server';
 import { messageOf } from '../common/errdefs';
 import { createRootLogger, type Logger } from '../common/logger';
 import { ProcessSupervisor } from '../common/processes';
-import { resolveConfig, type DaemonConfig } from '../daemon/config';
+import { DEFAULT_CONFIG_FILE, loadConfigFile, resolveConfig, type DaemonConfig } from '../daemon/config';
 import { createDaemon } from '../daemon/daemon';
 import { CAPSULE_VERSION } from '../daemon/version';
 import { createImageService } from '../images/image-service';
@@ -25,21 +26,43 @@ import { createSandboxRuntime } from '../runtime/sandbox';
 
 const USAGE = `Usage: capsuled [options]
 
+  --config-file FILE         daemon.json-style settings (default ${DEFAULT_CONFIG_FILE}; may be
+                             missing unless named here). Keys: hosts, data-root, exec-root,
+                             guest-assets, accel, log-level, debug, insecure-registries,
+                             registry-mirrors, max-concurrent-downloads, warm-pool. An option
+                             set both here and by a flag is an error, as with dockerd.
   --socket PATH              API unix socket (default /run/capsule/docker.sock; env CAPSULE_SOCKET)
+  -H, --host unix://PATH     the same, dockerd's spelling (unix sockets only)
   --data-root DIR            persistent state (default /var/lib/capsule; env CAPSULE_DATA_ROOT)
   --exec-root DIR            per-run VM state (default /run/capsule/vm; env CAPSULE_EXEC_ROOT)
   --guest-assets DIR         guest kernel/initramfs/agent disk (default /var/cache/capsule/guest)
   --accel auto|kvm|tcg       hardware acceleration (default auto: probe KVM, fall back to TCG)
   --log-level LEVEL          error|warn|info|debug (default info; env CAPSULE_LOG_LEVEL)
+  -D, --debug                debug logging (and Debug: true in docker info)
   --insecure-registry HOST   registry reached without TLS verification (repeatable)
+  --registry-mirror URL      Docker Hub mirror, tried before Docker Hub (repeatable;
+                             env CAPSULE_REGISTRY_MIRRORS)
+  --max-concurrent-downloads N   parallel layer downloads per pull (default 3)
+  --warm-pool N              VMs kept booted for the next container start (default 1; 0: none)
   --version                  print the version and exit
 `;
 
-function parseFlags(argv: string[]): { config: DaemonConfig; version: boolean; help: boolean } {
+function parseFlags(argv: string[]): {
+  config: DaemonConfig;
+  configFile: string | undefined;
+  version: boolean;
+  help: boolean;
+} {
   const { values } = parseArgs({
     args: argv,
     options: {
+      'config-file': { type: 'string' },
       socket: { type: 'string' },
+      host: { type: 'string', short: 'H', multiple: true },
+      debug: { type: 'boolean', short: 'D' },
+      'registry-mirror': { type: 'string', multiple: true },
+      'max-concurrent-downloads': { type: 'string' },
+      'warm-pool': { type: 'string' },
       'data-root': { type: 'string' },
       'exec-root': { type: 'string' },
       'guest-assets': { type: 'string' },
@@ -52,19 +75,27 @@ function parseFlags(argv: string[]): { config: DaemonConfig; version: boolean; h
     strict: true,
     allowPositionals: false,
   });
+  const explicitFile = values['config-file'];
+  const file = loadConfigFile(explicitFile ?? DEFAULT_CONFIG_FILE, explicitFile !== undefined);
   const config = resolveConfig(
     {
       socket: values.socket,
+      host: values.host,
       dataRoot: values['data-root'],
       execRoot: values['exec-root'],
       guestAssets: values['guest-assets'],
       accel: values.accel,
       logLevel: values['log-level'],
+      debug: values.debug,
       insecureRegistry: values['insecure-registry'],
+      registryMirror: values['registry-mirror'],
+      maxConcurrentDownloads: values['max-concurrent-downloads'],
+      warmPool: values['warm-pool'],
     },
     process.env,
+    file,
   );
-  return { config, version: values.version ?? false, help: values.help ?? false };
+  return { config, configFile: file?.path, version: values.version ?? false, help: values.help ?? false };
 }
 
 /** The gid of the `docker` group, when there is one. */
@@ -110,7 +141,12 @@ async function prepareSocket(socketPath: string, gid: number | undefined, log: L
 }
 
 async function main(): Promise<void> {
-  const { config, version, help } = parseFlags(process.argv.slice(2));
+  const argv = process.argv.slice(2);
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  const { config, configFile, version, help } = parseFlags(argv);
   if (help) {
     process.stdout.write(USAGE);
     return;
@@ -124,6 +160,9 @@ async function main(): Promise<void> {
     version: CAPSULE_VERSION,
     socket: config.socketPath,
     dataRoot: config.dataRoot,
+    configFile: configFile ?? '(none)',
+    registryMirrors: config.registryMirrors,
+    insecureRegistries: config.insecureRegistries,
   });
 
   const supervisor = new ProcessSupervisor(log.child({ component: 'supervisor' }));
@@ -143,6 +182,8 @@ async function main(): Promise<void> {
     root: path.join(config.dataRoot, 'images'),
     log: log.child({ component: 'images' }),
     insecureRegistries: config.insecureRegistries,
+    registryMirrors: config.registryMirrors,
+    maxConcurrentDownloads: config.maxConcurrentDownloads,
   });
   await images.ready();
   const runtime = await createSandboxRuntime({
@@ -151,6 +192,7 @@ async function main(): Promise<void> {
     assetsDir: config.guestAssetsDir,
     accel,
     execRoot: config.execRoot,
+    warmPoolSize: config.warmPoolSize,
   });
   const daemon = await createDaemon({ config, log, images, runtime });
   const server = createApiServer(daemon, log.child({ component: 'api' }));

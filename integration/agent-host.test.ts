@@ -99,6 +99,8 @@ describe('guest agent on the host (real crun)', { timeout: 180_000 }, () => {
         CAPSULE_BUNDLE_DIR: path.join(dir, 'bundles'),
         CAPSULE_CRUN: crun,
         CAPSULE_CRUN_ROOT: path.join(dir, 'crun-state'),
+        CAPSULE_WARMUP_DIR: path.join(dir, 'warm-up'),
+        CAPSULE_WARMUP_BUSYBOX: BUSYBOX,
       },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
@@ -402,5 +404,25 @@ describe('guest agent on the host (real crun)', { timeout: 180_000 }, () => {
 
   it('PrepareShutdown syncs', async () => {
     await client.prepareShutdown();
+  });
+
+  it('WarmUp runs a throwaway container and leaves no trace of it', async () => {
+    const spec = buildOciSpec({
+      containerId: 'capsule-warm-up',
+      hostname: 'capsule-warm-up',
+      process: { args: ['/bin/true'], env: ['PATH=/bin'], cwd: '', user: '', openStdin: false, tty: false },
+    });
+    const t0 = Date.now();
+    await client.warmUp(spec);
+    process.stderr.write(`agent-host: warm-up container in ${Date.now() - t0} ms\n`);
+    assert.equal(existsSync(path.join(dir, 'warm-up')), false, 'the warm-up rootfs is removed');
+    assert.equal(existsSync(path.join(dir, 'bundles', 'capsule-warm-up')), false, 'its bundle is removed');
+    assert.deepEqual(
+      await fs.readdir(path.join(dir, 'crun-state')).then((d) => d.filter((n) => n.includes('warm'))),
+      [],
+    );
+    await assert.rejects(client.waitProcess('capsule-warm-up'), { code: 'NotFound' });
+    // A second warm-up works too (nothing of the first one is in the way).
+    await client.warmUp(spec);
   });
 });

@@ -1,17 +1,25 @@
 /**
  * The whole sandbox: host overlay rootfs → virtiofsd → QEMU → guest agent over virtio-serial →
- * crun, through runtime/sandbox.ts. Needs root, QEMU, virtiofsd, the guest assets built from the
- * current agent (`npm run build && guest/assets/build.sh`); a missing or stale prerequisite fails
- * the suite (it never skips). Every run must leave nothing behind: no qemu or virtiofsd process,
- * no mount, no socket, no run dir.
+ * crun, through runtime/sandbox.ts, with the warm pool (a start takes a booted VM; the pool refills;
+ * ports added live by QMP) and without it (pool size 0: a cold boot per start). Needs root, QEMU,
+ * virtiofsd, the guest assets built from the current agent (`npm run build && guest/assets/build.sh`);
+ * a missing or stale prerequisite fails the suite (it never skips). Every run must leave nothing
+ * behind: no qemu or virtiofsd process, no mount, no socket, no run dir, no pool VM after shutdown.
+ *
+ * Prints start() to first output for a pool hit and for a cold boot (docs/guest.md):
+ *
+ *   CAPSULE_START_SAMPLES=5 node --test --test-reporter=spec dist/integration/sandbox.test.js
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, promises as fs, readFileSync } from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
+import winston from 'winston';
 import { InvalidParameterError } from '../common/errdefs';
 import { createSilentLogger } from '../common/logger';
 import { ProcessSupervisor } from '../common/processes';
@@ -21,12 +29,60 @@ import { DEFAULT_GUEST_DIR, loadGuestAssets } from '../runtime/guest-assets';
 import { buildOciSpec } from '../runtime/oci-spec';
 import { bootVm, consoleTail, QEMU_BINARY, VIRTIOFSD_BINARY } from '../runtime/qemu/vm';
 import { mountRootfs, unmountRootfs } from '../runtime/rootfs';
-import { createSandboxRuntime, GUEST_ROOTFS } from '../runtime/sandbox';
-import type { OutputChunk, ProcessSpec, RunningSandbox, SandboxRuntime } from '../runtime/types';
+import { createSandboxRuntime, guestRootfsPath } from '../runtime/sandbox';
+import type {
+  OutputChunk,
+  PortForward,
+  ProcessSpec,
+  RunningSandbox,
+  SandboxRuntime,
+  SandboxSpec,
+} from '../runtime/types';
 import { findLeaks } from './harness/leaks';
 
 const ROOT = path.resolve(__dirname, '../..');
 const GUEST_DIR = process.env.CAPSULE_GUEST_DIR ?? DEFAULT_GUEST_DIR;
+const START_SAMPLES = Number(process.env.CAPSULE_START_SAMPLES ?? '1');
+
+/** A logger that keeps what it is given, at debug level (a fake): tests read the runtime's lines. */
+function capturingLogger(): { log: winston.Logger; entries: Record<string, unknown>[] } {
+  const entries: Record<string, unknown>[] = [];
+  const sink = new Writable({
+    objectMode: true,
+    write(info: Record<string, unknown>, _enc, done) {
+      entries.push({ ...info });
+      done();
+    },
+  });
+  return {
+    log: winston.createLogger({
+      level: 'debug',
+      transports: [new winston.transports.Stream({ stream: sink })],
+    }),
+    entries,
+  };
+}
+
+async function until(what: string, cond: () => boolean, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor((sorted.length - 1) / 2)] ?? NaN;
+}
+
+async function freePort(): Promise<number> {
+  const server = net.createServer().listen(0, '127.0.0.1');
+  await new Promise((r) => server.once('listening', r));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise((r) => server.close(r));
+  return port;
+}
 
 function sha256(data: Buffer | string): string {
   return createHash('sha256').update(data).digest('hex');
@@ -81,95 +137,206 @@ function proc(args: string[], over: Partial<ProcessSpec> = {}): ProcessSpec {
   };
 }
 
-describe('sandbox: a container in its own VM', { timeout: 600_000 }, () => {
-  let base: string;
-  let layer: string;
-  let runtime: SandboxRuntime;
-  const supervisor = new ProcessSupervisor(createSilentLogger());
-  let n = 0;
+/** Test context shared by the suites: a busybox layer and a runtime with a capturing logger. */
+class Bench {
+  base = '';
+  layer = '';
+  runtime!: SandboxRuntime;
+  logged: Record<string, unknown>[] = [];
+  readonly supervisor = new ProcessSupervisor(createSilentLogger());
+  private n = 0;
 
-  before(async () => {
+  async setUp(name: string, warmPoolSize: number): Promise<void> {
     requirePrerequisites();
-    base = await fs.mkdtemp(path.join(os.tmpdir(), 'capsule-sbx-'));
-    layer = path.join(base, 'layer');
-    await buildBusyboxLayer(layer);
-    const log = createSilentLogger();
+    this.base = await fs.mkdtemp(path.join(os.tmpdir(), `capsule-${name}-`));
+    this.layer = path.join(this.base, 'layer');
+    await buildBusyboxLayer(this.layer);
+    const { log, entries } = capturingLogger();
+    this.logged = entries;
     const assets = await loadGuestAssets(GUEST_DIR);
     const accel = await chooseAccel((process.env.CAPSULE_ACCEL as AccelSetting | undefined) ?? 'auto', {
-      supervisor,
-      log,
+      supervisor: this.supervisor,
+      log: createSilentLogger(),
       assets,
       stateDir: path.join(os.tmpdir(), 'capsule-test-accel'),
     });
-    runtime = await createSandboxRuntime({ supervisor, log, assetsDir: GUEST_DIR, accel, execRoot: base });
-  });
+    this.runtime = await createSandboxRuntime({
+      supervisor: this.supervisor,
+      log,
+      assetsDir: GUEST_DIR,
+      accel,
+      execRoot: this.base,
+      warmPoolSize,
+    });
+  }
 
-  after(async () => {
-    await runtime?.shutdown();
-    const leftovers = supervisor.running().map((p) => `${p.name} ${p.pid}`);
-    await supervisor.terminateAll(1000);
-    if (base) await fs.rm(base, { recursive: true, force: true });
+  /** Shuts the runtime down and asserts that nothing of it is left on the host. */
+  async tearDown(): Promise<void> {
+    await this.runtime?.shutdown();
+    const leftovers = this.supervisor.running().map((p) => `${p.name} ${p.pid}`);
+    await this.supervisor.terminateAll(1000);
+    const leaks = this.base ? await findLeaks(this.base, [this.base]) : [];
+    if (this.base) await fs.rm(this.base, { recursive: true, force: true });
     assert.deepEqual(leftovers, [], 'processes left running');
-  });
+    assert.deepEqual(leaks, [], 'qemu/virtiofsd processes, mounts or sockets left');
+  }
 
   /** A fresh run: its own container layer and a short run dir (socket paths must fit 108 bytes). */
-  async function specFor(p: ProcessSpec) {
-    const id = `sbx${++n}${process.pid}`;
-    const containerLayerDir = path.join(base, `layer-${n}`);
+  async specFor(p: ProcessSpec, over: Partial<SandboxSpec> = {}): Promise<SandboxSpec> {
+    const id = `sbx${++this.n}${process.pid}`;
+    const containerLayerDir = path.join(this.base, `layer-${this.n}`);
     await fs.mkdir(containerLayerDir);
     return {
       containerId: id,
       hostname: id,
-      layerDirs: [layer],
+      layerDirs: [this.layer],
       containerLayerDir,
-      runDir: path.join(base, `r${n}`),
+      runDir: path.join(this.base, `r${this.n}`),
       process: p,
       resources: { memoryMiB: 256, vcpus: 1 },
+      ...over,
     };
   }
 
-  function collect(sandbox: RunningSandbox): { chunks: OutputChunk[]; text: (s: 1 | 2) => string } {
-    const chunks: OutputChunk[] = [];
-    sandbox.output.on('data', (c: OutputChunk) => chunks.push(c));
-    return {
-      chunks,
-      text: (s) => Buffer.concat(chunks.filter((c) => c.stream === s).map((c) => c.data)).toString('utf8'),
-    };
+  /** The `agent ready` line the runtime logged for a container. */
+  agentReady(containerId: string): { bootMs: number; pooled: boolean; startMs: number } {
+    const line = this.logged.find((e) => e.message === 'agent ready' && e.containerId === containerId);
+    assert.ok(line, `no "agent ready" line for ${containerId}`);
+    assert.equal(line.level, 'info');
+    assert.equal(typeof line.bootMs, 'number');
+    assert.equal(typeof line.startMs, 'number');
+    assert.equal(typeof line.pooled, 'boolean');
+    return line as unknown as { bootMs: number; pooled: boolean; startMs: number };
   }
 
-  async function assertNothingLeft(runDir: string): Promise<void> {
-    assert.deepEqual(await findLeaks(runDir, [runDir]), []);
-    assert.equal(existsSync(runDir), false, `${runDir} still exists`);
+  /** Warm VMs that became ready so far. */
+  poolReadyCount(): number {
+    return this.logged.filter((e) => e.message === 'warm pool: VM ready').length;
   }
 
-  it('uname -r is the guest kernel; exit code 3 and stderr arrive; writes land in the container layer', async () => {
-    const spec = await specFor(
+  private takes = 0;
+  started(): number {
+    return this.takes;
+  }
+
+  /** Starts once a warm VM is ready and idle, so that the start is a pool hit. */
+  async startWarm(spec: SandboxSpec): Promise<RunningSandbox> {
+    await until('a warm VM ready', () => this.poolReadyCount() > this.takes, 180_000);
+    this.takes++;
+    return this.runtime.start(spec);
+  }
+}
+
+function collect(sandbox: RunningSandbox): {
+  chunks: OutputChunk[];
+  text: (s: 1 | 2) => string;
+  first: Promise<number>;
+} {
+  const chunks: OutputChunk[] = [];
+  let firstAt!: (t: number) => void;
+  const first = new Promise<number>((r) => (firstAt = r));
+  sandbox.output.on('data', (c: OutputChunk) => {
+    if (chunks.length === 0) firstAt(Date.now());
+    chunks.push(c);
+  });
+  return {
+    chunks,
+    first,
+    text: (s) => Buffer.concat(chunks.filter((c) => c.stream === s).map((c) => c.data)).toString('utf8'),
+  };
+}
+
+async function assertNothingLeft(runDir: string): Promise<void> {
+  assert.deepEqual(await findLeaks(runDir, [runDir]), []);
+  assert.equal(existsSync(runDir), false, `${runDir} still exists`);
+}
+
+describe('sandbox: a container in its own VM, from the warm pool', { timeout: 900_000 }, () => {
+  const bench = new Bench();
+
+  before(async () => {
+    await bench.setUp('sbx', 1);
+  });
+
+  after(async () => {
+    await bench.tearDown();
+  });
+
+  it('a start from the pool: uname -r is the guest kernel; exit code 3 and stderr arrive; writes land in the container layer', async () => {
+    const spec = await bench.specFor(
       proc([
         'sh',
         '-c',
-        'uname -r; echo to-stderr >&2; echo hello > /written; head -c 4194304 /dev/zero | tr "\\0" x; exit 3',
+        'uname -r; hostname; echo to-stderr >&2; echo hello > /written; head -c 4194304 /dev/zero | tr "\\0" x; exit 3',
       ]),
     );
+    await until('the warm VM is ready', () => bench.poolReadyCount() >= 1, 180_000);
     const t0 = Date.now();
-    const sandbox = await runtime.start(spec);
-    const started = Date.now() - t0;
+    const sandbox = await bench.startWarm(spec);
     const out = collect(sandbox);
     const result = await sandbox.exited;
-    process.stderr.write(`sandbox: started in ${started} ms, exited after ${Date.now() - t0} ms\n`);
-    const stdout = out.text(1);
-    const release = stdout.split('\n')[0];
-    assert.equal(release, runtime.info().guestKernelRelease);
+    const ready = bench.agentReady(spec.containerId);
+    process.stderr.write(
+      `sandbox (pooled): first output after ${(await out.first) - t0} ms, start() ${ready.startMs} ms, VM boot ${ready.bootMs} ms\n`,
+    );
+    assert.equal(ready.pooled, true, 'the start did not take the warm VM');
+    const [release, hostname] = out.text(1).split('\n');
+    assert.equal(release, bench.runtime.info().guestKernelRelease);
     assert.notEqual(release, os.release());
-    assert.equal(stdout.length, release!.length + 1 + 4 * 1024 * 1024);
+    assert.equal(hostname, spec.hostname, 'the container has its own hostname (UTS namespace)');
+    assert.equal(out.text(1).length, release!.length + hostname!.length + 2 + 4 * 1024 * 1024);
     assert.equal(out.text(2), 'to-stderr\n');
     assert.deepEqual(result, { exitCode: 3, oomKilled: false });
     assert.equal(await fs.readFile(path.join(spec.containerLayerDir, 'upper/written'), 'utf8'), 'hello\n');
     await assertNothingLeft(spec.runDir);
   });
 
+  it('the pool refills after a start, and the next start takes the new VM', async () => {
+    await until('the pool refilled', () => bench.poolReadyCount() >= 2, 180_000);
+    const spec = await bench.specFor(proc(['cat', '/proc/sys/kernel/random/boot_id']));
+    const sandbox = await bench.startWarm(spec);
+    const out = collect(sandbox);
+    assert.equal((await sandbox.exited).exitCode, 0);
+    assert.equal(bench.agentReady(spec.containerId).pooled, true);
+    assert.match(out.text(1), /^[0-9a-f-]{36}\n$/);
+    await assertNothingLeft(spec.runDir);
+  });
+
+  it('a published port is added live to a pooled VM', async () => {
+    const port = await freePort();
+    const forward: PortForward = { proto: 'tcp', hostAddr: '127.0.0.1', hostPort: port, guestPort: 8080 };
+    const spec = await bench.specFor(
+      proc(['sh', '-c', 'echo listening; echo hello-from-guest | nc -l -p 8080']),
+      {
+        portForwards: [forward],
+      },
+    );
+    const sandbox = await bench.startWarm(spec);
+    const out = collect(sandbox);
+    assert.equal(bench.agentReady(spec.containerId).pooled, true);
+    await until('the container listens', () => out.text(1).includes('listening'), 30_000);
+    // slirp accepts at once and connects to the guest behind it: retry until the guest answers.
+    let answer = '';
+    const deadline = Date.now() + 30_000;
+    while (!answer.includes('hello-from-guest') && Date.now() < deadline) {
+      answer = await new Promise<string>((resolve) => {
+        const socket = net.connect(port, '127.0.0.1');
+        let data = '';
+        socket.on('data', (d) => (data += d.toString()));
+        socket.on('close', () => resolve(data));
+        socket.on('error', () => resolve(data));
+        socket.setTimeout(5000, () => socket.destroy());
+      });
+      if (!answer.includes('hello-from-guest')) await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.match(answer, /hello-from-guest/);
+    assert.equal((await sandbox.exited).exitCode, 0);
+    await assertNothingLeft(spec.runDir);
+  });
+
   it('a missing executable fails the start with 127 and leaves nothing', async () => {
-    const spec = await specFor(proc(['nosuch']));
-    const err = await runtime.start(spec).then(
+    const spec = await bench.specFor(proc(['nosuch']));
+    const err = await bench.startWarm(spec).then(
       () => assert.fail('started'),
       (e: unknown) => e,
     );
@@ -180,17 +347,13 @@ describe('sandbox: a container in its own VM', { timeout: 600_000 }, () => {
   });
 
   it('stdin reaches the process; destroy kills the VM at once (137) and leaves nothing', async () => {
-    const spec = await specFor(
+    const spec = await bench.specFor(
       proc(['sh', '-c', 'read line; echo got:$line; sleep 1000'], { openStdin: true }),
     );
-    const sandbox = await runtime.start(spec);
+    const sandbox = await bench.startWarm(spec);
     const out = collect(sandbox);
     await sandbox.writeStdin(Buffer.from('hello\n'));
-    const deadline = Date.now() + 30_000;
-    while (!out.text(1).includes('got:hello')) {
-      if (Date.now() > deadline) throw new Error(`no echo of stdin; output: ${out.text(1)}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await until('the echo of stdin', () => out.text(1).includes('got:hello'), 30_000);
     const t0 = Date.now();
     await sandbox.destroy();
     assert.deepEqual(await sandbox.exited, { exitCode: 137, oomKilled: false });
@@ -199,17 +362,97 @@ describe('sandbox: a container in its own VM', { timeout: 600_000 }, () => {
   });
 
   it('SIGKILL through the agent ends the process with 137', async () => {
-    const spec = await specFor(proc(['sh', '-c', 'trap "" TERM; echo ready; sleep 1000']));
-    const sandbox = await runtime.start(spec);
+    const spec = await bench.specFor(proc(['sh', '-c', 'trap "" TERM; echo ready; sleep 1000']));
+    const sandbox = await bench.startWarm(spec);
     const out = collect(sandbox);
-    const deadline = Date.now() + 30_000;
-    while (!out.text(1).includes('ready')) {
-      if (Date.now() > deadline) throw new Error('no ready');
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await until('ready', () => out.text(1).includes('ready'), 30_000);
     await sandbox.signal(9);
     assert.equal((await sandbox.exited).exitCode, 137);
     await assertNothingLeft(spec.runDir);
+  });
+
+  it(`start() to first output, warm pool hit (${START_SAMPLES} sample(s))`, async (t) => {
+    const firsts: number[] = [];
+    for (let i = 0; i < START_SAMPLES; i++) {
+      const spec = await bench.specFor(proc(['uname', '-r']));
+      await until('a warm VM ready', () => bench.poolReadyCount() > bench.started(), 180_000);
+      const t0 = Date.now();
+      const sandbox = await bench.startWarm(spec);
+      const out = collect(sandbox);
+      const first = (await out.first) - t0;
+      await sandbox.exited;
+      const ready = bench.agentReady(spec.containerId);
+      assert.equal(ready.pooled, true);
+      firsts.push(first);
+      t.diagnostic(`pool hit ${i + 1}: first output after ${first} ms (start() ${ready.startMs} ms)`);
+    }
+    t.diagnostic(
+      `pool hit: median start() to first output ${median(firsts)} ms of ${firsts.length} (load ${os.loadavg()[0]?.toFixed(2)})`,
+    );
+  });
+
+  it('shutdown stops the warm VM: no qemu, virtiofsd, mount or socket is left', async (t) => {
+    await until('the pool refilled', () => bench.poolReadyCount() > bench.started(), 180_000);
+    const qemu = bench.supervisor.running().find((p) => p.name === 'qemu');
+    assert.ok(qemu, 'the warm VM runs');
+    // What an idle warm VM costs the host (docs/guest.md): QEMU's resident memory and CPU time.
+    const cpuTicks = async () => {
+      const stat = await fs.readFile(`/proc/${qemu.pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return Number(fields[11]) + Number(fields[12]); // utime + stime, clock ticks (100 Hz)
+    };
+    const ticks0 = await cpuTicks();
+    await new Promise((r) => setTimeout(r, 10_000));
+    const cpuPercent = ((await cpuTicks()) - ticks0) / 10; // 100 ticks/s over 10 s: % of one core
+    const status = await fs.readFile(`/proc/${qemu.pid}/status`, 'utf8');
+    const rssKiB = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1]);
+    t.diagnostic(
+      `idle warm VM (256 MiB guest): QEMU RSS ${Math.round(rssKiB / 1024)} MiB, CPU ${cpuPercent} % of a core`,
+    );
+    await bench.runtime.shutdown();
+    assert.deepEqual(
+      bench.supervisor.running().map((p) => p.name),
+      [],
+    );
+    assert.deepEqual(await findLeaks(bench.base, [bench.base]), []);
+    assert.deepEqual(await fs.readdir(path.join(bench.base, 'pool')), [], 'pool VM dirs left');
+  });
+});
+
+describe('sandbox without a warm pool (size 0)', { timeout: 600_000 }, () => {
+  const bench = new Bench();
+
+  before(async () => {
+    await bench.setUp('sbx0', 0);
+  });
+
+  after(async () => {
+    await bench.tearDown();
+  });
+
+  it(`a cold start boots its own VM and runs the container (${START_SAMPLES} sample(s))`, async (t) => {
+    const firsts: number[] = [];
+    for (let i = 0; i < START_SAMPLES; i++) {
+      const spec = await bench.specFor(proc(['uname', '-r']));
+      const t0 = Date.now();
+      const sandbox = await bench.runtime.start(spec);
+      const out = collect(sandbox);
+      const first = (await out.first) - t0;
+      assert.equal((await sandbox.exited).exitCode, 0);
+      assert.equal(out.text(1), `${bench.runtime.info().guestKernelRelease}\n`);
+      const ready = bench.agentReady(spec.containerId);
+      assert.equal(ready.pooled, false);
+      assert.ok(ready.bootMs <= ready.startMs);
+      firsts.push(first);
+      t.diagnostic(
+        `cold ${i + 1}: first output after ${first} ms (VM boot ${ready.bootMs} ms, start() ${ready.startMs} ms)`,
+      );
+      await assertNothingLeft(spec.runDir);
+    }
+    assert.equal(existsSync(path.join(bench.base, 'pool')), false, 'no pool dir without a pool');
+    t.diagnostic(
+      `cold boot: median start() to first output ${median(firsts)} ms of ${firsts.length} (load ${os.loadavg()[0]?.toFixed(2)})`,
+    );
   });
 });
 
@@ -219,7 +462,7 @@ describe('agent over virtio-serial: host sessions', { timeout: 300_000 }, () => 
     const base = await fs.mkdtemp(path.join(os.tmpdir(), 'capsule-vport-'));
     const supervisor = new ProcessSupervisor(createSilentLogger());
     const runDir = path.join(base, 'r');
-    const rootfs = path.join(runDir, 'shared', 'rootfs');
+    const rootfs = path.join(runDir, 'shared', 'flood', 'rootfs');
     let mounted = false;
     const clients: AgentClient[] = [];
     try {
@@ -235,7 +478,6 @@ describe('agent over virtio-serial: host sessions', { timeout: 300_000 }, () => 
         accel: (process.env.CAPSULE_ACCEL as 'kvm' | 'tcg' | undefined) ?? 'tcg',
         memoryMiB: 256,
         vcpus: 1,
-        hostname: 'vport',
       });
       try {
         const connect = () => {
@@ -253,7 +495,7 @@ describe('agent over virtio-serial: host sessions', { timeout: 300_000 }, () => 
         await client.createContainer({
           containerId: 'flood',
           ociSpec: spec,
-          rootfsGuestPath: GUEST_ROOTFS,
+          rootfsGuestPath: guestRootfsPath('flood'),
           user: '',
           openStdin: false,
           workingDir: '',

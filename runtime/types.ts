@@ -20,8 +20,19 @@ export interface ProcessSpec {
   tty: boolean;
 }
 
+/** A published port: Docker's `-p [hostAddr:]hostPort:guestPort[/proto]`. */
+export interface PortForward {
+  proto: 'tcp' | 'udp';
+  /** IPv4 address on the host to listen on; '' or '0.0.0.0' for every address. */
+  hostAddr: string;
+  hostPort: number;
+  guestPort: number;
+}
+
 export interface SandboxSpec {
+  /** Also names the rootfs in the VM: letters, digits, `_.-` (Docker's ids are 64 hex digits). */
   containerId: string;
+  /** The container's hostname: set in its UTS namespace (OCI spec), not on the VM. */
   hostname: string;
   /** Unpacked image layer directories, lowest layer first (overlay lower dirs). */
   layerDirs: string[];
@@ -34,6 +45,8 @@ export interface SandboxSpec {
   runDir: string;
   process: ProcessSpec;
   resources: { memoryMiB: number; vcpus: number };
+  /** Published ports, forwarded from the host to the VM (which is the container's network). */
+  portForwards?: PortForward[];
 }
 
 /** One chunk of process output; stream 1 = stdout, 2 = stderr (Docker's numbering). */
@@ -78,12 +91,14 @@ export interface RuntimeInfo {
 
 export interface SandboxRuntime {
   /**
-   * Boots a VM for the container, shares its rootfs, creates and starts its process. Rejects with
+   * Takes a booted VM from the warm pool when one fits (same resources), or boots one; shares the
+   * container's rootfs with it, creates and starts its process. Each VM serves one container run
+   * and is destroyed after it. Rejects with
    * a classified error (common/errdefs) carrying the OCI runtime's or the boot's reason, and
    * leaves no VM, process, mount or socket behind when it does.
    */
   start(spec: SandboxSpec): Promise<RunningSandbox>;
   info(): RuntimeInfo;
-  /** Destroys every sandbox still running (daemon shutdown). */
+  /** Destroys every sandbox still running and the warm pool's VMs (daemon shutdown). */
   shutdown(): Promise<void>;
 }

@@ -21,7 +21,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { AgentError } from './errors';
-import { mkdirAllInRoot, readFileInRoot } from './rootfs-path';
+import { mkdirAllInRoot, readFileInRoot, waitForRootfs } from './rootfs-path';
 import { crunLogErrors, translateStartFailure } from './start-failure';
 import { parseGroup, parsePasswd, resolveUser, UserLookupError } from './users';
 
@@ -33,7 +33,18 @@ export interface ContainerManagerOptions {
   /** Where bundles are written: <bundlesDir>/<id>/config.json. */
   bundlesDir: string;
   log: (message: string, meta?: Record<string, unknown>) => void;
+  /** How long CreateContainer waits for the rootfs to show up in the shared dir (default 5 s). */
+  rootfsWaitMs?: number;
+  /** Scratch dir of warmUp() (default /run/capsule/warm-up) and the busybox it copies there. */
+  warmUpDir?: string;
+  warmUpBusybox?: string;
 }
+
+/** The id of warmUp()'s throwaway container; no Docker id looks like it. */
+export const WARM_UP_ID = 'capsule-warm-up';
+
+/** The host mounted the rootfs just before CreateContainer; virtiofs shows it within a second. */
+const ROOTFS_WAIT_MS = 5000;
 
 export interface CreateContainerParams {
   containerId: string;
@@ -462,9 +473,15 @@ export class ContainerManager {
     if (!path.isAbsolute(rootfs)) {
       throw new AgentError('InvalidArgument', `rootfs path must be absolute: ${JSON.stringify(rootfs)}`);
     }
-    const rootStat = await fs.stat(rootfs).catch(() => undefined);
-    if (!rootStat?.isDirectory())
-      throw new AgentError('FailedPrecondition', `rootfs ${rootfs} is not a directory`);
+    if (!(await waitForRootfs(rootfs, this.opts.rootfsWaitMs ?? ROOTFS_WAIT_MS))) {
+      const rootStat = await fs.stat(rootfs).catch(() => undefined);
+      throw new AgentError(
+        'FailedPrecondition',
+        rootStat?.isDirectory()
+          ? `rootfs ${rootfs} is still empty after ${this.opts.rootfsWaitMs ?? ROOTFS_WAIT_MS} ms`
+          : `rootfs ${rootfs} is not a directory`,
+      );
+    }
 
     let user;
     try {
@@ -536,6 +553,57 @@ export class ContainerManager {
   }
   wait(containerId: string, execId: string): Promise<ExitStatus> {
     return this.get(containerId, execId).wait();
+  }
+
+  /**
+   * Runs `/bin/true` in a throwaway container through create, output, start and wait, as for a
+   * real one, then forgets it and removes its bundle and rootfs (crun removed its state and cgroup
+   * when `crun run` ended). Its rootfs is a tmpfs dir holding a copy of the guest's busybox: nothing
+   * of it is visible to a later container. `ociSpecJson` is a spec as for CreateContainer; its
+   * process is replaced.
+   */
+  async warmUp(ociSpecJson: string): Promise<void> {
+    const dir = this.opts.warmUpDir ?? '/run/capsule/warm-up';
+    const rootfs = path.join(dir, 'rootfs');
+    let spec: OciSpecShape;
+    try {
+      spec = JSON.parse(ociSpecJson) as OciSpecShape;
+    } catch (err) {
+      throw new AgentError('InvalidArgument', `invalid OCI spec: ${(err as Error).message}`);
+    }
+    spec.process = { ...(spec.process ?? {}), args: ['/bin/true'], env: ['PATH=/bin'], terminal: false };
+    await fs.rm(dir, { recursive: true, force: true });
+    try {
+      await fs.mkdir(path.join(rootfs, 'bin'), { recursive: true, mode: 0o755 });
+      await fs.copyFile(this.opts.warmUpBusybox ?? '/bin/busybox', path.join(rootfs, 'bin', 'busybox'));
+      await fs.chmod(path.join(rootfs, 'bin', 'busybox'), 0o755);
+      await fs.symlink('busybox', path.join(rootfs, 'bin', 'true'));
+      await this.create({
+        containerId: WARM_UP_ID,
+        ociSpecJson: JSON.stringify(spec),
+        rootfsGuestPath: rootfs,
+        user: '',
+        openStdin: false,
+        workingDir: '',
+      });
+      const container = this.get(WARM_UP_ID, '');
+      try {
+        const drained = new Promise<void>((resolve) =>
+          container.attachOutput({ write: () => true, onceDrain: () => undefined, end: resolve }),
+        );
+        await container.start();
+        const status = await container.wait();
+        await drained;
+        if (status.exitCode !== 0) {
+          throw new AgentError('Internal', `the warm-up container exited with status ${status.exitCode}`);
+        }
+      } finally {
+        this.containers.delete(WARM_UP_ID);
+        await fs.rm(container.bundleDir, { recursive: true, force: true });
+      }
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   }
 
   /** SIGKILLs every running container and waits (bounded) for crun to reap them. */

@@ -1,7 +1,15 @@
 /**
- * Capsule's guest agent: the gRPC server (guest/protocol/agent.proto) that runs inside every VM as
- * `node --jitless /agent/agent.js` (bundled to one file: module resolution is slow under TCG) and
+ * Capsule's guest agent: the gRPC server (guest/protocol/agent.proto) that runs inside every VM and
  * runs the container through crun.
+ *
+ * Start-up is what a cold VM waits for, and under TCG every instruction of it is emulated, so the
+ * bundle (scripts/bundle-agent.js) is built to be a V8 startup snapshot: loading the modules
+ * (grpc-js, protobufjs) and the protocol happens here at module level, once, when the guest asset
+ * build runs `node --snapshot-blob agent.<accel>.blob --build-snapshot agent.js` in a VM;
+ * /init then starts `node --snapshot-blob …`, which deserializes that heap and calls serve(). Run
+ * as a plain script (`node agent.js`: tests on the host, or a VM without a usable snapshot), the
+ * same file loads and serves at once. What must not be in a snapshot (sockets, timers, handles,
+ * the environment, timings) happens in serve() only.
  *
  * Environment:
  *   CAPSULE_AGENT_LISTEN  serve gRPC on this unix socket instead of the virtio-serial port (tests
@@ -10,23 +18,25 @@
  *   CAPSULE_BUNDLE_DIR    where OCI bundles go (default /run/capsule/bundles)
  *   CAPSULE_CRUN          the OCI runtime binary (default crun); CAPSULE_CRUN_ROOT its state dir
  *                         (default /run/crun)
- *   CAPSULE_AGENT_PROTO   agent.proto (default: next to this file, else the source tree's)
+ *   CAPSULE_AGENT_STARTED a file created as soon as serve() runs (/init: the snapshot was usable)
+ *   CAPSULE_WARMUP_DIR    scratch dir of WarmUp (default /run/capsule/warm-up);
+ *   CAPSULE_WARMUP_BUSYBOX the static busybox WarmUp copies there (default /bin/busybox)
+ *   CAPSULE_AGENT_PROTO   agent.proto, when the bundle has no embedded descriptor (run from source)
  */
 import { bundleStartedAfterMs } from './threadpool';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
+import v8 from 'node:v8';
 import { ContainerManager } from './containers';
 import { createAgentService, uptimeMs, type AgentTimes } from './server';
 import { findVirtioPort, VirtioBridge } from './virtio-bridge';
 
-// When node started, in guest uptime: module loading is part of the agent's start time.
-const loadedMs = uptimeMs();
-const times: AgentTimes = {
-  startMs: Math.max(0, loadedMs - Math.round(process.uptime() * 1000)),
-  readyMs: 0,
-};
+/** agent.proto compiled to protobufjs JSON by scripts/bundle-agent.js; absent when run from source. */
+declare const __CAPSULE_AGENT_DESCRIPTOR__: Parameters<typeof protoLoader.fromJSON>[0] | undefined;
+
+const LOADER_OPTIONS: protoLoader.Options = { keepCase: true, longs: Number, enums: Number, defaults: true };
 
 function log(message: string, meta?: Record<string, unknown>): void {
   const rest = meta && Object.keys(meta).length > 0 ? ' ' + JSON.stringify(meta) : '';
@@ -36,7 +46,7 @@ function log(message: string, meta?: Record<string, unknown>): void {
 function findProto(): string {
   const candidates = [
     process.env.CAPSULE_AGENT_PROTO,
-    path.join(__dirname, 'agent.proto'), // bundle: build/guest/agent.js + agent.proto
+    path.join(__dirname, 'agent.proto'), // build/guest/agent.js + agent.proto
     path.resolve(__dirname, '../protocol/agent.proto'), // run from source
     path.resolve(__dirname, '../../../guest/protocol/agent.proto'), // dist/guest/agent/main.js
   ];
@@ -45,6 +55,23 @@ function findProto(): string {
   }
   throw new Error(`agent.proto not found (looked in ${candidates.filter(Boolean).join(', ')})`);
 }
+
+function loadService(): grpc.ServiceDefinition {
+  const definition =
+    typeof __CAPSULE_AGENT_DESCRIPTOR__ === 'undefined'
+      ? protoLoader.loadSync(findProto(), LOADER_OPTIONS)
+      : protoLoader.fromJSON(__CAPSULE_AGENT_DESCRIPTOR__, LOADER_OPTIONS);
+  return (
+    grpc.loadPackageDefinition(definition) as unknown as {
+      capsule: { agent: { v1: { Agent: grpc.ServiceClientConstructor } } };
+    }
+  ).capsule.agent.v1.Agent.service;
+}
+
+// Module level: done once, at snapshot build time when there is a snapshot.
+const service = loadService();
+/** Node's start to here, ms; from a snapshot it is the build's figure and not reported. */
+const loadedAfterMs = Math.round(process.uptime() * 1000);
 
 async function bind(server: grpc.Server, socketPath: string): Promise<void> {
   await fs.rm(socketPath, { force: true });
@@ -68,24 +95,18 @@ async function dockerNetworkSysctls(): Promise<void> {
   }
 }
 
-async function main(): Promise<void> {
-  const phases: Record<string, number> = {
-    nodeStarted: bundleStartedAfterMs,
-    modulesLoaded: loadedMs - times.startMs,
-  };
+async function serve(fromSnapshot: boolean): Promise<void> {
+  // Before the first use of libuv's thread pool (a snapshot kept the build's environment, not ours).
+  process.env.UV_THREADPOOL_SIZE ??= '6';
+  const started = process.env.CAPSULE_AGENT_STARTED;
+  if (started) await fs.writeFile(started, '').catch(() => undefined);
+  // When node started, in guest uptime.
+  const nodeUptimeMs = Math.round(process.uptime() * 1000);
+  const times: AgentTimes = { startMs: Math.max(0, uptimeMs() - nodeUptimeMs), readyMs: 0 };
+  const phases: Record<string, number> = fromSnapshot
+    ? { snapshotDeserialized: nodeUptimeMs }
+    : { nodeStarted: bundleStartedAfterMs, modulesLoaded: loadedAfterMs };
   const phase = (name: string) => (phases[name] = uptimeMs() - times.startMs);
-  const definition = protoLoader.loadSync(findProto(), {
-    keepCase: true,
-    longs: Number,
-    enums: Number,
-    defaults: true,
-  });
-  const service = (
-    grpc.loadPackageDefinition(definition) as unknown as {
-      capsule: { agent: { v1: { Agent: grpc.ServiceClientConstructor } } };
-    }
-  ).capsule.agent.v1.Agent.service;
-  phase('protoLoaded');
 
   const bundlesDir = process.env.CAPSULE_BUNDLE_DIR ?? '/run/capsule/bundles';
   await fs.mkdir(bundlesDir, { recursive: true, mode: 0o700 });
@@ -94,6 +115,8 @@ async function main(): Promise<void> {
     crunRoot: process.env.CAPSULE_CRUN_ROOT ?? '/run/crun',
     bundlesDir,
     log,
+    warmUpDir: process.env.CAPSULE_WARMUP_DIR,
+    warmUpBusybox: process.env.CAPSULE_WARMUP_BUSYBOX,
   });
   const server = new grpc.Server();
   server.addService(service, createAgentService(manager, times));
@@ -128,11 +151,24 @@ async function main(): Promise<void> {
   const bridge = new VirtioBridge({ devicePath, localSocket, log });
   transport.bridge = bridge;
   times.readyMs = uptimeMs();
-  log('serving', { port: devicePath, startupMs: times.readyMs - times.startMs, phases });
+  log('serving', {
+    port: devicePath,
+    snapshot: fromSnapshot,
+    startupMs: times.readyMs - times.startMs,
+    phases,
+  });
   await bridge.run();
 }
 
-main().catch((err: unknown) => {
-  log('fatal', { error: err instanceof Error ? (err.stack ?? err.message) : String(err) });
-  process.exit(1);
-});
+function run(fromSnapshot: boolean): void {
+  serve(fromSnapshot).catch((err: unknown) => {
+    log('fatal', { error: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+    process.exit(1);
+  });
+}
+
+if (v8.startupSnapshot?.isBuildingSnapshot()) {
+  v8.startupSnapshot.setDeserializeMainFunction(() => run(true));
+} else {
+  run(false);
+}

@@ -3,7 +3,7 @@ import { mkdtemp, mkdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { mkdirAllInRoot, readFileInRoot, resolveInRoot } from './rootfs-path';
+import { mkdirAllInRoot, readFileInRoot, resolveInRoot, waitForRootfs } from './rootfs-path';
 
 describe('rootfs paths', () => {
   let base: string;
@@ -63,5 +63,32 @@ describe('rootfs paths', () => {
     await symlink('loop', path.join(root, 'loop'));
     await assert.rejects(resolveInRoot(root, '/loop/x'), /too many levels/);
     assert.ok((await readFile(path.join(root, 'etc', 'group'))).length > 0);
+  });
+});
+
+describe('waitForRootfs (the host mounts the rootfs into the shared dir just before CreateContainer)', () => {
+  let base: string;
+  before(async () => {
+    base = await mkdtemp(path.join(os.tmpdir(), 'capsule-rootfs-wait-'));
+  });
+  after(async () => {
+    await rm(base, { recursive: true, force: true });
+  });
+
+  it('waits while the rootfs is missing or empty, and answers true once it has entries', async () => {
+    const rootfs = path.join(base, 'late', 'rootfs');
+    setTimeout(() => void mkdir(rootfs, { recursive: true }), 30);
+    setTimeout(() => void writeFile(path.join(rootfs, 'bin'), ''), 120);
+    const t0 = Date.now();
+    assert.equal(await waitForRootfs(rootfs, 5000), true);
+    assert.ok(Date.now() - t0 >= 100, 'answered before the rootfs had entries');
+  });
+
+  it('gives up after its deadline on an empty directory', async () => {
+    const rootfs = path.join(base, 'empty');
+    await mkdir(rootfs);
+    const t0 = Date.now();
+    assert.equal(await waitForRootfs(rootfs, 150), false);
+    assert.ok(Date.now() - t0 >= 150 && Date.now() - t0 < 2000);
   });
 });

@@ -108,3 +108,19 @@ async function exists(p: string): Promise<boolean> {
     return false;
   }
 }
+
+/**
+ * Waits until `rootfs` is a directory with at least one entry, polling until `timeoutMs` passed;
+ * true once it is. The host mounts a container's rootfs into the virtiofs shared dir right before
+ * CreateContainer (a warm VM booted long before), and the guest sees the mount within a moment:
+ * until then the name may be missing, or an empty directory (the mount point without the mount).
+ */
+export async function waitForRootfs(rootfs: string, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (let delay = 5; ; delay = Math.min(delay * 2, 100)) {
+    const entries = await fs.readdir(rootfs).catch(() => undefined);
+    if (entries !== undefined && entries.length > 0) return true;
+    if (Date.now() >= deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, Math.min(delay, Math.max(1, deadline - Date.now()))));
+  }
+}

@@ -137,5 +137,6 @@ export function createAgentService(
       return { exit_code: status.exitCode, oom_killed: status.oomKilled };
     }),
     PrepareShutdown: unary(() => runSync()),
+    WarmUp: unary((req: { oci_spec_json: string }) => manager.warmUp(req.oci_spec_json)),
   };
 }

@@ -4,7 +4,8 @@
 #   vmlinuz        Debian's linux-image-*-cloud-amd64 kernel (apt-get download + dpkg -x, never installed)
 #   initrd.img     gzip'd newc cpio: static busybox + applet links, the virtio/fuse/overlay modules, /init
 #   agent.img      read-only ext4 (mkfs.ext4 -d, no loop mount): node, crun, their shared libraries,
-#                  agent.js and agent.proto; mounted at /agent in the guest
+#                  agent.js, agent.proto, node's flags and the agent's V8 startup snapshot
+#                  (agent.tcg.blob, built in a TCG VM by runtime/agent-snapshot.ts); mounted at /agent
 #   manifest.json  { kernelRelease, kernel, initrd, agentDisk, inputsHash } read by runtime/guest-assets.ts
 #
 # Idempotent: each asset is rebuilt only when its inputs changed (the agent disk alone when agent.js
@@ -17,8 +18,15 @@ ASSETS=$ROOT/guest/assets
 OUT=${CAPSULE_GUEST_DIR:-/var/cache/capsule/guest}
 KERNEL_META=${CAPSULE_KERNEL_PACKAGE:-linux-image-cloud-amd64}
 # Load order from DESIGN.md; dependencies are resolved from modules.dep, built-ins are skipped.
-MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_mmio virtio_console virtio_blk
-  fuse virtiofs overlay failover net_failover virtio_net)
+# virtio_rng right after the transport: the guest's random pool is ready before anything asks.
+MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_mmio virtio_rng virtio_console
+  virtio_blk fuse virtiofs overlay failover net_failover virtio_net)
+# node's flags in the guest (init.sh reads them from the agent disk); the agent's startup snapshot
+# is built with the same ones, as V8 requires. --jitless: docs/guest.md has the measurements.
+NODE_FLAGS=${CAPSULE_GUEST_NODE_FLAGS:-"--jitless --no-expose-wasm"}
+# CAPSULE_GUEST_NODE_FLAGS overrides them (experiments); CAPSULE_AGENT_SNAPSHOT=0 skips the
+# snapshot (the agent then starts from agent.js, ~2 s slower).
+AGENT_SNAPSHOT=${CAPSULE_AGENT_SNAPSHOT:-1}
 
 say() { echo "guest-assets: $*"; }
 die() {
@@ -219,8 +227,22 @@ libs_of() {
     awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $2 ~ /^\(/ {print $1}' | LC_ALL=C sort -u
 }
 mapfile -t LIBS < <(libs_of "$NODE_BIN" "$CRUN_BIN")
-agent_inputs="$BUILD_SH_SHA $(sha "$NODE_BIN") $(sha "$CRUN_BIN") $(sha "$AGENT_PROTO")"
+agent_inputs="$BUILD_SH_SHA $(sha "$NODE_BIN") $(sha "$CRUN_BIN") $(sha "$AGENT_PROTO") flags:$NODE_FLAGS"
 if [[ -f $AGENT_JS ]]; then agent_inputs+=" $(sha "$AGENT_JS")"; else agent_inputs+=" stub"; fi
+# The snapshot also depends on the VM that builds it: its builder, the initramfs and QEMU's CPU model.
+snapshot_builder=$ROOT/dist/runtime/agent-snapshot.js
+can_snapshot=
+if [[ $AGENT_SNAPSHOT != 0 && -f $AGENT_JS ]]; then
+  if [[ ! -f $snapshot_builder ]]; then
+    say "warning: no dist/ (npm run build): the agent disk gets no startup snapshot"
+  elif ! command -v qemu-system-x86_64 >/dev/null || [[ ! -x /usr/lib/qemu/virtiofsd ]]; then
+    say "warning: no qemu-system-x86_64 or virtiofsd: the agent disk gets no startup snapshot"
+  else
+    can_snapshot=1
+    agent_inputs+=" snapshot $(sha "$snapshot_builder") $(sha "$ROOT/dist/runtime/qemu/cmdline.js") $initrd_hash"
+    agent_inputs+=" $(qemu-system-x86_64 --version | head -n1)"
+  fi
+fi
 for lib in "${LIBS[@]}"; do agent_inputs+=" $(basename "$lib"):$(sha "$lib")"; done
 agent_hash=$(sha_str "$agent_inputs")
 
@@ -243,13 +265,29 @@ console.log('agent stub');
 setInterval(() => undefined, 1 << 30);
 EOF
   fi
+  echo "$NODE_FLAGS" >"$stage/node-flags"
   echo "$agent_hash" >"$stage/.inputs-hash"
-  chmod -R a+rX,go-w "$stage"
-  kib=$(du -sk --apparent-size "$stage" | cut -f1)
-  kib=$((kib + kib / 5 + 16384))
-  rm -f "$OUT/agent.img.tmp.$$"
-  mkfs.ext4 -q -F -L capsule-agent -O ^has_journal -m 0 -E root_owner=0:0 -d "$stage" \
-    "$OUT/agent.img.tmp.$$" "${kib}k" >/dev/null
+  make_agent_img() {
+    chmod -R a+rX,go-w "$stage"
+    local kib
+    kib=$(du -sk --apparent-size "$stage" | cut -f1)
+    kib=$((kib + kib / 5 + 16384))
+    rm -f "$OUT/agent.img.tmp.$$"
+    mkfs.ext4 -q -F -L capsule-agent -O ^has_journal -m 0 -E root_owner=0:0 -d "$stage" \
+      "$OUT/agent.img.tmp.$$" "${kib}k" >/dev/null
+  }
+  make_agent_img
+  if [[ -n $can_snapshot ]]; then
+    # Boot the disk just made in a TCG VM that builds the snapshot (agent-snapshot.ts), then make the
+    # disk again with it. A failure leaves the disk without one: slower agent start, nothing broken.
+    say "agent startup snapshot (TCG VM)"
+    if node "$snapshot_builder" "$OUT/vmlinuz" "$OUT/initrd.img" "$OUT/agent.img.tmp.$$" "$RELEASE" \
+      "$stage/agent.tcg.blob"; then
+      make_agent_img
+    else
+      say "warning: the agent startup snapshot failed to build; the agent will start from agent.js"
+    fi
+  fi
   mv -f "$OUT/agent.img.tmp.$$" "$OUT/agent.img"
   echo "$agent_hash" >"$OUT/.agent.hash"
   rm -rf "$stage"

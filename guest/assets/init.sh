@@ -5,8 +5,11 @@
 # virtio/fuse/overlay modules, mounts the agent disk and the shared dir, configures the network
 # and runs the agent; when the agent exits it says why on the console and powers the VM off.
 #
-# Kernel command line: capsule.hostname=NAME, capsule.probe=1 (print CAPSULE-PROBE-OK <release>
-# once the modules are loaded, then power off: the host's KVM probe). Layout: docs/guest.md.
+# Kernel command line: capsule.hostname=NAME, capsule.accel=tcg|kvm (picks the agent's startup
+# snapshot), capsule.probe=1 (print CAPSULE-PROBE-OK <release> once the modules are loaded, then
+# power off: the host's KVM probe), capsule.build-snapshot=1 (build the agent's startup snapshot
+# into the shared dir instead of running the agent, then power off: guest/assets/build.sh).
+# Layout: docs/guest.md.
 export PATH=/agent/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 log() { echo "capsule-init: $*"; }
@@ -65,10 +68,14 @@ fi
 cmdline=$(cat /proc/cmdline)
 hostname=capsule
 probe=
+accel=tcg
+build_snapshot=
 for word in $cmdline; do
   case $word in
     capsule.hostname=?*) hostname=${word#capsule.hostname=} ;;
+    capsule.accel=kvm | capsule.accel=tcg) accel=${word#capsule.accel=} ;;
     capsule.probe=1) probe=1 ;;
+    capsule.build-snapshot=1) build_snapshot=1 ;;
   esac
 done
 
@@ -102,6 +109,23 @@ mkdir -p /run/capsule/shared
 mount -t virtiofs -o noatime capsule /run/capsule/shared || fatal "cannot mount virtiofs tag capsule"
 log "virtiofs mounted"
 
+# node's flags, written by build.sh: the startup snapshot must be built and run with the same ones.
+node_flags=$(cat /agent/node-flags 2>/dev/null) || node_flags="--jitless --no-expose-wasm"
+
+if [ -n "$build_snapshot" ]; then
+  # V8 refuses a snapshot made on a CPU with other features than the one it runs on, so it is built
+  # here, on the very CPU model the sandboxes get (QEMU's TCG model is not the host's).
+  log "building the agent's startup snapshot, uptime $(uptime_s)s"
+  # shellcheck disable=SC2086 # node_flags is a list of flags
+  if (cd /tmp && env -i PATH="$PATH" HOME=/root /agent/bin/node $node_flags \
+    --snapshot-blob /run/capsule/shared/agent.blob --build-snapshot /agent/agent.js </dev/null); then
+    echo "CAPSULE-SNAPSHOT-OK uptime $(uptime_s)s"
+  else
+    echo "CAPSULE-SNAPSHOT-FAILED"
+  fi
+  power_off
+fi
+
 hostname "$hostname"
 echo "$hostname" >/etc/hostname
 printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n' "$hostname" >/etc/hosts
@@ -115,14 +139,36 @@ if [ -e /sys/class/net/eth0 ]; then
   log "eth0 10.0.2.15/24 via 10.0.2.2"
 fi
 
-log "starting agent, uptime $(uptime_s)s"
 cd /
 # --jitless: under TCG, JIT output would be translated again and again (WebAssembly needs the JIT,
-# hence --no-expose-wasm, which also silences node's warning). A clean environment for the agent.
-env -i PATH="$PATH" HOME=/root CAPSULE_CRUN=/agent/bin/crun CAPSULE_SHARED_DIR=/run/capsule/shared \
-  CAPSULE_AGENT_PROTO=/agent/agent.proto \
-  /agent/bin/node --jitless --no-expose-wasm /agent/agent.js </dev/null
-status=$?
+# hence --no-expose-wasm, which also silences node's warning). A clean environment for the agent;
+# UV_THREADPOOL_SIZE must be there before node starts (a snapshot cannot set it in time).
+# The agent creates $started first thing: its absence after node exited means the snapshot failed.
+started=/run/capsule/agent-started
+run_agent() {
+  # shellcheck disable=SC2086 # node_flags is a list of flags
+  env -i PATH="$PATH" HOME=/root UV_THREADPOOL_SIZE=6 CAPSULE_CRUN=/agent/bin/crun \
+    CAPSULE_SHARED_DIR=/run/capsule/shared CAPSULE_AGENT_STARTED=$started \
+    /agent/bin/node $node_flags "$@" </dev/null
+}
+# The startup snapshot (build.sh) holds the agent with its modules loaded: no bundle to parse.
+# node exits at once when V8 finds it unusable (another CPU, e.g. under KVM): then run agent.js.
+blob=/agent/agent.$accel.blob
+if [ -f "$blob" ]; then
+  log "agent snapshot $blob"
+  log "starting agent, uptime $(uptime_s)s"
+  run_agent --snapshot-blob "$blob"
+  status=$?
+  if [ ! -e $started ]; then
+    log "the agent snapshot did not start (status $status); starting agent.js, uptime $(uptime_s)s"
+    run_agent /agent/agent.js
+    status=$?
+  fi
+else
+  log "starting agent, uptime $(uptime_s)s"
+  run_agent /agent/agent.js
+  status=$?
+fi
 if [ $status -gt 128 ]; then
   log "agent killed by signal $((status - 128)), powering off"
 else

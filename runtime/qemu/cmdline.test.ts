@@ -27,6 +27,7 @@ function vmOptions(overrides: Partial<QemuArgsOptions> = {}): QemuArgsOptions {
     qmpSocketPath: `${RUN}/qmp.sock`,
     virtiofsSocketPath: `${RUN}/virtiofsd.sock`,
     network: { hostForwards: [{ proto: 'tcp', hostAddr: '127.0.0.1', hostPort: 8080, guestPort: 80 }] },
+    entropy: true,
     ...overrides,
   };
 }
@@ -59,11 +60,15 @@ describe('buildQemuArgs', () => {
       '-initrd',
       '/var/cache/capsule/guest/initrd.img',
       '-append',
-      `${KERNEL_BASE} capsule.hostname=web1 tsc_early_khz=2445428`,
+      `${KERNEL_BASE} capsule.accel=tcg capsule.hostname=web1 tsc_early_khz=2445428`,
       '-chardev',
       `file,id=console,path=${RUN}/console.log`,
       '-serial',
       'chardev:console',
+      '-object',
+      'rng-random,id=rng0,filename=/dev/urandom',
+      '-device',
+      'virtio-rng-device,rng=rng0',
       '-chardev',
       `socket,id=agent,path=${RUN}/agent.sock,server=on,wait=off`,
       '-device',
@@ -95,7 +100,7 @@ describe('buildQemuArgs', () => {
     const argv = buildQemuArgs(vmOptions({ accel: 'kvm' }));
     const i = argv.indexOf('-accel');
     assert.deepEqual(argv.slice(i, i + 4), ['-accel', 'kvm', '-cpu', 'host']);
-    assert.equal(argv[argv.indexOf('-append') + 1], `${KERNEL_BASE} capsule.hostname=web1`);
+    assert.equal(argv[argv.indexOf('-append') + 1], `${KERNEL_BASE} capsule.accel=kvm capsule.hostname=web1`);
   });
 
   it('sets the TCG translation-cache size when asked', () => {
@@ -113,8 +118,15 @@ describe('buildQemuArgs', () => {
       consoleLogPath: '/tmp/p/console.log',
       kernelArgs: ['capsule.probe=1'],
     });
-    assert.equal(argv[argv.indexOf('-append') + 1], `${KERNEL_BASE} capsule.probe=1`);
-    for (const absent of ['-netdev', '-drive', '-mon', 'vhost-user-fs-device', 'virtserialport']) {
+    assert.equal(argv[argv.indexOf('-append') + 1], `${KERNEL_BASE} capsule.accel=kvm capsule.probe=1`);
+    for (const absent of [
+      '-netdev',
+      '-drive',
+      '-mon',
+      'vhost-user-fs-device',
+      'virtserialport',
+      'virtio-rng',
+    ]) {
       assert.ok(!argv.some((a) => a.includes(absent)), absent);
     }
     assert.ok(argv.includes('-sandbox'));
@@ -176,7 +188,7 @@ describe('buildKernelCmdline / qemuOptValue', () => {
   it('appends the caller arguments last', () => {
     assert.equal(
       buildKernelCmdline(vmOptions({ hostname: undefined, kernelArgs: ['a=1', 'b'] })),
-      `${KERNEL_BASE} tsc_early_khz=2445428 a=1 b`,
+      `${KERNEL_BASE} capsule.accel=tcg tsc_early_khz=2445428 a=1 b`,
     );
   });
 

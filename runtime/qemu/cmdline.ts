@@ -10,7 +10,7 @@
  * by doubling, as QEMU's option syntax wants, and control characters are refused.
  */
 import { InvalidParameterError } from '../../common/errdefs';
-import type { Accel } from '../types';
+import type { Accel, PortForward } from '../types';
 
 /** sun_path is 108 bytes including the terminating NUL. */
 export const MAX_SOCKET_PATH = 107;
@@ -22,13 +22,8 @@ export const AGENT_PORT_NAME = 'agent.0';
 /** The virtiofs tag the guest mounts at /run/capsule/shared. */
 export const VIRTIOFS_TAG = 'capsule';
 
-export interface HostForward {
-  proto: 'tcp' | 'udp';
-  /** IPv4 address on the host to listen on; '' or '0.0.0.0' for every address. */
-  hostAddr: string;
-  hostPort: number;
-  guestPort: number;
-}
+/** A published port (runtime/types.ts PortForward): one `hostfwd=` of the user-mode NIC. */
+export type HostForward = PortForward;
 
 export interface QemuArgsOptions {
   accel: Accel;
@@ -61,11 +56,17 @@ export interface QemuArgsOptions {
   virtiofsSocketPath?: string;
   /** A user-mode (slirp) NIC, with host port forwards. */
   network?: { hostForwards?: readonly HostForward[] };
+  /**
+   * A virtio-rng device fed from the host's /dev/urandom. Without one the guest kernel's random
+   * pool is ready only seconds into the boot under TCG (jitter entropy), and whatever calls
+   * getrandom(2) first waits for it: node does at start-up (OpenSSL's seeding).
+   */
+  entropy?: boolean;
   /** QEMU's seccomp filter; on unless a test turns it off. */
   sandbox?: boolean;
 }
 
-/** Capsule's fixed kernel arguments (before hostname, tsc_early_khz and the caller's). */
+/** Capsule's fixed kernel arguments (before capsule.accel, hostname, tsc_early_khz and the caller's). */
 export const BASE_KERNEL_ARGS: readonly string[] = [
   'console=ttyS0',
   // A panic reboots at once (triple fault), and -no-reboot turns any reboot into QEMU exiting:
@@ -122,7 +123,8 @@ export function hostForwardOption(fwd: HostForward): string {
 
 /** The kernel command line (the -append value). */
 export function buildKernelCmdline(opts: QemuArgsOptions): string {
-  const args = [...BASE_KERNEL_ARGS];
+  // The accelerator, for /init: the agent's startup snapshot is specific to the CPU the guest sees.
+  const args = [...BASE_KERNEL_ARGS, `capsule.accel=${opts.accel}`];
   if (opts.hostname !== undefined) {
     if (!HOSTNAME_RE.test(opts.hostname))
       throw new InvalidParameterError(`invalid hostname ${opts.hostname}`);
@@ -192,6 +194,9 @@ export function buildQemuArgs(opts: QemuArgsOptions): string[] {
     '-serial',
     'chardev:console',
   );
+  if (opts.entropy === true) {
+    argv.push('-object', 'rng-random,id=rng0,filename=/dev/urandom', '-device', 'virtio-rng-device,rng=rng0');
+  }
   if (opts.agentSocketPath !== undefined) {
     assertSocketPath(opts.agentSocketPath);
     argv.push(

@@ -40,7 +40,11 @@ export interface VmOptions {
   accel: Accel;
   memoryMiB: number;
   vcpus: number;
-  hostname: string;
+  /**
+   * The VM's own hostname (capsule.hostname=); default `capsule`. A container's hostname is set in
+   * its UTS namespace instead, so that any booted VM (the warm pool's) can serve any container.
+   */
+  hostname?: string;
   kernelArgs?: string[];
   hostForwards?: HostForward[];
   /** Time allowed for virtiofsd's and QEMU's sockets to appear (each); default 10 s. */
@@ -202,6 +206,7 @@ export async function bootVm(supervisor: ProcessSupervisor, log: Logger, opts: V
     qmpSocketPath: paths.qmpSocketPath,
     virtiofsSocketPath: paths.virtiofsSocketPath,
     network: { hostForwards: opts.hostForwards ?? [] },
+    entropy: true,
   });
 
   if (/[,\\]/.test(opts.sharedDir)) {
