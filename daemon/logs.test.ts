@@ -184,9 +184,10 @@ describe('json-file rotation (--log-opt max-size/max-file/compress)', () => {
       assert.ok(size >= 1000 && size < 1100, `${rotated} holds ${size} bytes`);
     }
     const got = await collect(readLogFile(file, { stdout: true, stderr: true, maxFiles: 3 }));
-    assert.equal(got.length, 35);
-    assert.deepEqual(got.slice(0, 2), ['1:line-65\n', '1:line-66\n']);
-    assert.equal(got.at(-1), '1:line-99\n');
+    // About 35 entries (13 per full file); the exact count moves by one with entry lengths, since
+    // RFC3339Nano times trim trailing zeros. No gap, no repeat, oldest first.
+    assert.ok(got.length >= 32 && got.length <= 38, `expected about 35 lines, got ${got.length}`);
+    assertContiguousTail(got, 99);
     assert.deepEqual(await collect(readLogFile(file, { stdout: true, stderr: true, tail: 2, maxFiles: 3 })), [
       '1:line-98\n',
       '1:line-99\n',
