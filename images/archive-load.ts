@@ -33,7 +33,7 @@ import {
 } from './manifest';
 import { progressLine, ProgressThrottle } from './progress';
 import { familiarString, parseNormalizedNamed, referenceString, type Reference } from './reference';
-import { cleanEntryPath, detectCompression } from './unpack';
+import { cleanEntryPath, detectCompression, peekCompression } from './unpack';
 import type { LoadProgress } from './types';
 
 const MAX_ENTRIES = 100_000;
@@ -106,32 +106,9 @@ export async function spoolArchive(
   await fs.mkdir(dir, { mode: 0o700 });
   const archive = new SpooledArchive(dir);
   try {
-    const iterator = input[Symbol.asyncIterator]();
-    const head: Buffer[] = [];
-    let headLength = 0;
-    let ended = false;
-    while (headLength < 6) {
-      const next = await iterator.next();
-      if (next.done) {
-        ended = true;
-        break;
-      }
-      head.push(Buffer.from(next.value));
-      headLength += next.value.byteLength;
-    }
-    const compression = detectCompression(Buffer.concat(head));
+    const { compression, source } = await peekCompression(input, signal);
     if (compression !== 'gzip' && compression !== 'none') {
       throw new NotImplementedError(`unsupported archive compression: ${compression}`);
-    }
-    async function* source(): AsyncGenerator<Buffer> {
-      for (const chunk of head) yield chunk;
-      if (ended) return;
-      for (;;) {
-        const next = await iterator.next();
-        if (next.done) return;
-        signal?.throwIfAborted();
-        yield Buffer.from(next.value);
-      }
     }
     const extract = tar.extract();
     const plain = new PassThrough();

@@ -17,7 +17,7 @@ import { goContainerConfig, goMarshal, goObject, goString } from './go-json';
 import type { ServiceContext } from './internals';
 import { goArch, goNow } from './internals';
 import { fullName, isValidTag, parseNormalizedNamed, referenceString, type Reference } from './reference';
-import { detectCompression } from './unpack';
+import { peekCompression } from './unpack';
 import type { ImageRuntimeConfig, ImportOptions } from './types';
 
 export interface ImportPlan {
@@ -48,32 +48,9 @@ export function planImport(options: ImportOptions): ImportPlan {
 
 /** The uncompressed tar stream of the tarball (gzip detected by its magic). */
 async function* uncompressed(input: AsyncIterable<Uint8Array>, signal?: AbortSignal): AsyncGenerator<Buffer> {
-  const iterator = input[Symbol.asyncIterator]();
-  const head: Buffer[] = [];
-  let headLength = 0;
-  let ended = false;
-  while (headLength < 6) {
-    const next = await iterator.next();
-    if (next.done) {
-      ended = true;
-      break;
-    }
-    head.push(Buffer.from(next.value));
-    headLength += next.value.byteLength;
-  }
-  const compression = detectCompression(Buffer.concat(head));
+  const { compression, source } = await peekCompression(input, signal);
   if (compression !== 'gzip' && compression !== 'none') {
     throw new NotImplementedError(`unsupported compression format: ${compression}`);
-  }
-  async function* source(): AsyncGenerator<Buffer> {
-    for (const chunk of head) yield chunk;
-    if (ended) return;
-    for (;;) {
-      const next = await iterator.next();
-      if (next.done) return;
-      signal?.throwIfAborted();
-      yield Buffer.from(next.value);
-    }
   }
   if (compression === 'none') {
     yield* source();

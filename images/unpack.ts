@@ -57,6 +57,46 @@ export function detectCompression(head: Uint8Array): Compression {
   return 'none';
 }
 
+/** A stream whose compression was read off its first bytes; `source()` yields all of it again. */
+export interface PeekedStream {
+  compression: Compression;
+  source(): AsyncGenerator<Buffer>;
+}
+
+/**
+ * Reads just enough of `input` to tell its compression (the longest magic is 6 bytes), without
+ * losing what it read: `source()` yields those chunks first, then the rest, checking `signal`.
+ */
+export async function peekCompression(
+  input: AsyncIterable<Uint8Array>,
+  signal?: AbortSignal,
+): Promise<PeekedStream> {
+  const iterator = input[Symbol.asyncIterator]();
+  const head: Buffer[] = [];
+  let headLength = 0;
+  let ended = false;
+  while (headLength < 6) {
+    const next = await iterator.next();
+    if (next.done) {
+      ended = true;
+      break;
+    }
+    head.push(Buffer.from(next.value));
+    headLength += next.value.byteLength;
+  }
+  async function* source(): AsyncGenerator<Buffer> {
+    for (const chunk of head) yield chunk;
+    if (ended) return;
+    for (;;) {
+      const next = await iterator.next();
+      if (next.done) return;
+      signal?.throwIfAborted();
+      yield Buffer.from(next.value);
+    }
+  }
+  return { compression: detectCompression(Buffer.concat(head)), source };
+}
+
 /**
  * Cleans a tar entry name into a path relative to the layer root ("" is the root itself), or null
  * when it climbs above the root. Leading slashes are dropped (absolute names are confined).
