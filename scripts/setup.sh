@@ -20,6 +20,9 @@ declare -A NEED=(
   [vde_switch]=vde2
   [setfattr]=attr
   [openssl]=openssl
+  [gcc]=gcc
+  [/usr/lib/x86_64-linux-gnu/libc.a]=libc6-dev
+  [tmux]=tmux
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

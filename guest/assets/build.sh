@@ -227,7 +227,19 @@ libs_of() {
     awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $2 ~ /^\(/ {print $1}' | LC_ALL=C sort -u
 }
 mapfile -t LIBS < <(libs_of "$NODE_BIN" "$CRUN_BIN")
+# capsule-console (guest/console/): carries a container's terminal (crun --console-socket) over pipes
+# for the agent, which cannot receive a file descriptor itself. Static: no library to ship for it.
+CONSOLE_SRC=$ROOT/guest/console/capsule-console.c
+CONSOLE_BIN=$OUT/capsule-console
+if [[ ! -x $CONSOLE_BIN || "$(cat "$OUT/.console.hash" 2>/dev/null)" != "$(sha "$CONSOLE_SRC")" ]]; then
+  command -v gcc >/dev/null 2>&1 || die "missing gcc (run scripts/setup.sh)"
+  say "capsule-console"
+  gcc -O2 -Wall -Wextra -Werror -static -o "$CONSOLE_BIN.tmp.$$" "$CONSOLE_SRC"
+  mv -f "$CONSOLE_BIN.tmp.$$" "$CONSOLE_BIN"
+  sha "$CONSOLE_SRC" >"$OUT/.console.hash"
+fi
 agent_inputs="$BUILD_SH_SHA $(sha "$NODE_BIN") $(sha "$CRUN_BIN") $(sha "$AGENT_PROTO") flags:$NODE_FLAGS"
+agent_inputs+=" console:$(sha "$CONSOLE_BIN")"
 if [[ -f $AGENT_JS ]]; then agent_inputs+=" $(sha "$AGENT_JS")"; else agent_inputs+=" stub"; fi
 # The snapshot also depends on the VM that builds it: its builder, the initramfs and QEMU's CPU model.
 snapshot_builder=$ROOT/dist/runtime/agent-snapshot.js
@@ -252,6 +264,7 @@ if [[ ! -f $OUT/agent.img || "$(cat "$OUT/.agent.hash" 2>/dev/null)" != "$agent_
   mkdir -p "$stage/bin" "$stage/lib"
   cp "$NODE_BIN" "$stage/bin/node"
   cp "$CRUN_BIN" "$stage/bin/crun"
+  cp "$CONSOLE_BIN" "$stage/bin/capsule-console"
   for lib in "${LIBS[@]}"; do cp -L "$lib" "$stage/lib/$(basename "$lib")"; done
   cp "$AGENT_PROTO" "$stage/agent.proto"
   if [[ -f $AGENT_JS ]]; then
