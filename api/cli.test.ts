@@ -3,48 +3,19 @@
  * the CLI is not installed.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { dockerCliMissing, runDockerCli, type CliResult } from './testing/cli';
 import { BUSYBOX, startHarness, type Harness } from './testing/harness';
 
-const DOCKER = process.env.DOCKER_CLI ?? '/usr/local/bin/docker';
-const skip = existsSync(DOCKER) ? false : `docker CLI not found at ${DOCKER}`;
+const skip = dockerCliMissing;
 
 let h: Harness;
 let configDir: string;
 
-interface Result {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function docker(args: string[], input?: string): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(DOCKER, args, {
-      env: {
-        PATH: process.env.PATH ?? '/usr/bin:/bin',
-        HOME: configDir,
-        DOCKER_HOST: `unix://${h.socketPath}`,
-        DOCKER_CONFIG: configDir,
-        DOCKER_CLI_HINTS: 'false',
-      },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 8000);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-    child.stdin.end(input);
-  });
+function docker(args: string[], input?: string): Promise<CliResult> {
+  return runDockerCli({ socketPath: h.socketPath, configDir }, args, { input, timeoutMs: 8000 });
 }
 
 describe('docker CLI', { skip }, () => {

@@ -4,15 +4,14 @@
  * shared/tools/reference-dockerd), then the same through the real docker CLI.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { dockerCliMissing, runDockerCli, type CliResult } from './testing/cli';
 import { BUSYBOX, startHarness, type Harness } from './testing/harness';
 import { RawConnection, eventually, request } from './testing/http';
 
-const DOCKER = process.env.DOCKER_CLI ?? '/usr/local/bin/docker';
-const noCli = existsSync(DOCKER) ? false : `docker CLI not found at ${DOCKER}`;
+const noCli = dockerCliMissing;
 
 let h: Harness;
 let configDir: string;
@@ -283,29 +282,8 @@ describe('restart policies on the wire', () => {
   });
 });
 
-function docker(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(DOCKER, args, {
-      env: {
-        PATH: process.env.PATH ?? '/usr/bin:/bin',
-        HOME: configDir,
-        DOCKER_HOST: `unix://${h.socketPath}`,
-        DOCKER_CONFIG: configDir,
-        DOCKER_CLI_HINTS: 'false',
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 8000);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+function docker(args: string[]): Promise<CliResult> {
+  return runDockerCli({ socketPath: h.socketPath, configDir }, args, { timeoutMs: 8000 });
 }
 
 describe('docker CLI: update, rename, container prune, events, restart policies', { skip: noCli }, () => {
