@@ -16,9 +16,8 @@ import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { PassThrough, pipeline, type Readable } from 'node:stream';
-import * as zlib from 'node:zlib';
 import * as tar from 'tar-stream';
-import { CapsuleError, DataLossError, InvalidParameterError, NotImplementedError } from '../common/errdefs';
+import { CapsuleError, DataLossError, InvalidParameterError } from '../common/errdefs';
 import { parseImageConfig } from './image-config';
 import type { ImageMeta } from './image-store';
 import type { ServiceContext } from './internals';
@@ -33,7 +32,13 @@ import {
 } from './manifest';
 import { progressLine, ProgressThrottle } from './progress';
 import { familiarString, parseNormalizedNamed, referenceString, type Reference } from './reference';
-import { cleanEntryPath, detectCompression, peekCompression } from './unpack';
+import {
+  cleanEntryPath,
+  decompressors,
+  detectCompression,
+  peekCompression,
+  type Compression,
+} from './unpack';
 import type { LoadProgress } from './types';
 
 const MAX_ENTRIES = 100_000;
@@ -96,6 +101,29 @@ function linkTarget(entryName: string, linkname: string): string {
   return dir === '.' ? linkname : `${dir}/${linkname}`;
 }
 
+/**
+ * dockerd's text for an archive it cannot read. Its loader untars in a re-exec'd child, so tar
+ * errors read "Error processing tar file(exit status 1): <Go's archive/tar error>"; a broken
+ * deflate stream fails in the decompressor instead: "Error processing tar file(flate: corrupt
+ * input before offset N): " — zlib does not say where, so the offset is left out here.
+ */
+function tarErrorText(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  const message = e?.message ?? String(err);
+  if (/Invalid tar header/i.test(message))
+    return 'Error processing tar file(exit status 1): archive/tar: invalid tar header';
+  if (
+    /Unexpected end of data|unexpected end of file|unexpected EOF/i.test(message) ||
+    e?.code === 'Z_BUF_ERROR'
+  ) {
+    return 'Error processing tar file(exit status 1): unexpected EOF';
+  }
+  if (e?.code === 'Z_DATA_ERROR') {
+    return 'Error processing tar file(flate: corrupt input): ';
+  }
+  return `Error processing tar file(exit status 1): ${message}`;
+}
+
 /** Reads a (possibly gzip-compressed) tar stream into a spool directory. */
 export async function spoolArchive(
   ctx: Pick<ServiceContext, 'content'>,
@@ -107,20 +135,27 @@ export async function spoolArchive(
   const archive = new SpooledArchive(dir);
   try {
     const { compression, source } = await peekCompression(input, signal);
-    if (compression !== 'gzip' && compression !== 'none') {
-      throw new NotImplementedError(`unsupported archive compression: ${compression}`);
-    }
+    const decompress = decompressors(compression, 'archive');
     const extract = tar.extract();
     const plain = new PassThrough();
     const fed = new Promise<void>((resolve, reject) => {
-      const streams: NodeJS.ReadWriteStream[] = compression === 'gzip' ? [zlib.createGunzip()] : [];
       pipeline(
-        [source() as unknown as Readable, ...streams, plain] as unknown as [Readable, PassThrough],
+        [source() as unknown as Readable, ...decompress, plain] as unknown as [Readable, PassThrough],
         (err) => (err ? reject(err) : resolve()),
       );
     });
     // A failed input (or gunzip) ends the parser with the reason, which the loop below rethrows.
-    fed.catch((err: Error) => extract.destroy(err));
+    let feedError: unknown;
+    // The parser's own error ("Unexpected end of data") says more than the entry stream it
+    // destroyed ("Stream was destroyed"), which is what a reader of that entry sees first.
+    let parseError: unknown;
+    extract.on('error', (err: Error) => {
+      parseError ??= err;
+    });
+    fed.catch((err: Error) => {
+      feedError = err;
+      extract.destroy(err);
+    });
     plain.pipe(extract as unknown as NodeJS.WritableStream);
     let count = 0;
     try {
@@ -162,15 +197,24 @@ export async function spoolArchive(
         }
       }
       await fed;
-    } catch (err) {
+    } catch (caught) {
       extract.destroy();
       plain.destroy();
+      // Our own verdicts (too many entries, a bad entry name) stand.
+      const own =
+        caught instanceof CapsuleError &&
+        !(caught instanceof DataLossError && /^zstd: /.test(caught.message));
+      if (own) throw caught;
+      // The reader of an entry may only see it torn down ("Stream was destroyed"): the reason is
+      // the feed's (decompression) or the parser's.
+      const err = feedError ?? parseError ?? caught;
       const e = err as NodeJS.ErrnoException;
-      // Our own errors, aborts and I/O failures (ENOSPC, …) keep their meaning; the rest is a
-      // malformed archive or compression stream.
-      if (err instanceof CapsuleError || e?.name === 'AbortError' || typeof e?.syscall === 'string')
+      // Aborts and I/O failures (ENOSPC, …) keep their meaning; the rest is a malformed archive
+      // or compression stream.
+      if (e?.name === 'AbortError' || typeof e?.syscall === 'string') throw err;
+      if (err instanceof CapsuleError && !(err instanceof DataLossError && /^zstd: /.test(err.message)))
         throw err;
-      throw new DataLossError(`Error processing tar file: ${e?.message ?? String(err)}`, { cause: err });
+      throw new DataLossError(tarErrorText(err), { cause: err });
     }
     return archive;
   } catch (err) {
@@ -196,12 +240,12 @@ export interface LoadResult {
   tags: string[];
 }
 
-async function isGzipFile(file: SpooledFile): Promise<boolean> {
+async function compressionOf(file: SpooledFile): Promise<Compression> {
   const handle = await fs.open(file.path, 'r');
   try {
     const buf = Buffer.alloc(6);
     const { bytesRead } = await handle.read(buf, 0, 6, 0);
-    return detectCompression(buf.subarray(0, bytesRead)) === 'gzip';
+    return detectCompression(buf.subarray(0, bytesRead));
   } finally {
     await handle.close();
   }
@@ -235,8 +279,9 @@ async function commitImage(
     const file = image.layers[i] as SpooledFile;
     let info = await ctx.layers.get(diffID);
     if (info === undefined) {
-      const gzip = await isGzipFile(file);
-      if (!gzip && file.digest !== diffID) {
+      const compression = await compressionOf(file);
+      const gzip = compression === 'gzip';
+      if (compression === 'none' && file.digest !== diffID) {
         throw new DataLossError(`invalid diffID for layer ${i}: expected "${diffID}", got "${file.digest}"`);
       }
       await ctx.content.commitSpooled(file.path, file.digest);
@@ -280,8 +325,9 @@ export async function loadSpooled(
 ): Promise<LoadResult> {
   if (archive.has('manifest.json')) return loadDockerArchive(ctx, archive, quiet, emit, signal);
   if (archive.has('index.json')) return loadOciLayout(ctx, archive, quiet, emit, signal);
+  // dockerd's loader falls back to the legacy "repositories" file and fails opening it.
   throw new InvalidParameterError(
-    'invalid archive: neither manifest.json (docker-archive) nor index.json (OCI image layout) found',
+    `open ${path.join(archive.dir, 'repositories')}: no such file or directory`,
   );
 }
 

@@ -16,7 +16,6 @@
  */
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
-import * as zlib from 'node:zlib';
 import { DataLossError, InvalidParameterError, NotFoundError } from '../common/errdefs';
 import {
   chainIds,
@@ -40,7 +39,7 @@ import {
   type Reference,
 } from './reference';
 import { tarStream, type TarEntry } from './tar-writer';
-import { detectCompression } from './unpack';
+import { decompressors, detectCompression } from './unpack';
 
 export interface SaveTarget {
   id: string;
@@ -111,11 +110,12 @@ interface LayerSource {
   tarSize: number | undefined;
 }
 
-/** A stream of the layer tar (gunzipped blob), verified against its diffID and size as it goes. */
+/** A stream of the layer tar (the blob decompressed: gzip or zstd), verified against its diffID and size as it goes. */
 async function* layerTar(ctx: ServiceContext, source: LayerSource, size: number): AsyncGenerator<Buffer> {
   const head = await ctx.content.readHead(source.blobDigest, 6);
   const raw = ctx.content.openRead(source.blobDigest);
-  const stream: Readable = detectCompression(head) === 'gzip' ? raw.pipe(zlib.createGunzip()) : raw;
+  const [decompress] = decompressors(detectCompression(head));
+  const stream: Readable = decompress !== undefined ? (raw.pipe(decompress) as unknown as Readable) : raw;
   raw.once('error', (err) => stream.destroy(err));
   const hash = createHash('sha256');
   let length = 0;

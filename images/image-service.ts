@@ -35,6 +35,7 @@ import {
 import type { Logger } from '../common/logger';
 import { loadSpooled, spoolArchive } from './archive-load';
 import { resolveSaveTargets, saveArchive } from './archive-save';
+import { commitImage, planCommit, type CommitRequest, type ImageCommitter } from './commit';
 import { ContentStore } from './content-store';
 import {
   LIST_FILTERS,
@@ -51,7 +52,7 @@ import {
 import { chainIds } from './go-json';
 import { parseImageConfig } from './image-config';
 import { ImageStore, Mutex, type ImageMeta } from './image-store';
-import { importImage, planImport } from './import-image';
+import { importImage, importProgress, openImportUrl, planImport } from './import-image';
 import { ContentGate, createdNanos, shortId, unixSeconds, type ServiceContext } from './internals';
 import { LayerStore } from './layer-store';
 import {
@@ -76,7 +77,7 @@ import {
   tagNameOnly,
   type Reference,
 } from './reference';
-import { RegistryClient, type RemoteRepository } from './registry-client';
+import { httpGet, RegistryClient, type BlobResponse, type RemoteRepository } from './registry-client';
 import { detectCompression } from './unpack';
 import type {
   HistoryEntry,
@@ -118,7 +119,7 @@ export interface ImageServiceDeps {
 }
 
 /** The service plus the internals tests and the daemon may need. */
-export interface CapsuleImageService extends ImageManagementService {
+export interface CapsuleImageService extends ImageManagementService, ImageCommitter {
   /** Resolves once the stores are loaded (every method waits for it too). */
   ready(): Promise<void>;
   readonly contentStore: ContentStore;
@@ -238,20 +239,73 @@ class ImageServiceImpl implements CapsuleImageService {
     onProgress: (p: PullProgress) => void,
   ): Promise<ImageRecord> {
     await this.ready();
-    const target = pullTarget(parseNormalizedNamed(reference));
+    // dockerd trims the ":" "pull -a" may leave at the end of the name.
+    const named = parseNormalizedNamed(reference.endsWith(':') ? reference.slice(0, -1) : reference);
     const release = await this.gate.enter();
     try {
-      return await this.pullNow(target, options, onProgress);
+      if (options.allTags === true && named.tag === undefined && named.digest === undefined) {
+        return await this.pullAllTags(named, options, onProgress);
+      }
+      const target = pullTarget(named);
+      const { record, updated } = await this.pullNow(target, options, onProgress);
+      this.emitStatus(onProgress, familiarString(target), updated);
+      return record;
     } finally {
       release();
     }
   }
 
+  /**
+   * `docker pull --all-tags`, as dockerd's pullV2Repository: every tag the registry lists, in its
+   * order, each with its own "Pulling from" … "Digest:" lines, then one status line for the
+   * repository name ("Downloaded newer image" when any tag brought new layers or a new tag).
+   * The first failing tag ends the pull. Returns the image of "latest" when there is one.
+   */
+  private async pullAllTags(
+    named: Reference,
+    options: PullOptions,
+    onProgress: (p: PullProgress) => void,
+  ): Promise<ImageRecord> {
+    const name: Reference = { domain: named.domain, path: named.path };
+    const repo = this.registry.repository(name, options.auth, options.signal);
+    let tags: string[];
+    try {
+      tags = await repo.listTags();
+    } catch (err) {
+      if (options.signal?.aborted) throw new CanceledError('context canceled', { cause: err });
+      throw err;
+    }
+    if (tags.length === 0) throw new NotFoundError(`no tags in repository ${familiarName(name)}`);
+    let updated = false;
+    let latest: ImageRecord | undefined;
+    let last: ImageRecord | undefined;
+    for (const tag of tags) {
+      const result = await this.pullNow({ ...name, tag }, options, onProgress);
+      updated ||= result.updated;
+      last = result.record;
+      if (tag === 'latest') latest = result.record;
+    }
+    this.emitStatus(onProgress, familiarString(name), updated);
+    return (latest ?? last) as ImageRecord;
+  }
+
+  /** dockerd's writeStatus: the last line of a pull. */
+  private emitStatus(onProgress: (p: PullProgress) => void, shown: string, updated: boolean): void {
+    try {
+      onProgress(
+        messageLine(`Status: ${updated ? 'Downloaded newer image for' : 'Image is up to date for'} ${shown}`),
+      );
+    } catch (err) {
+      this.log.debug('progress listener failed', { error: (err as Error).message });
+    }
+  }
+
+  /** Pulls one tag or digest; `updated` is dockerd's "layers downloaded or newly tagged". */
   private async pullNow(
     target: Reference,
     options: PullOptions,
     onProgress: (p: PullProgress) => void,
-  ): Promise<ImageRecord> {
+  ): Promise<{ record: ImageRecord; updated: boolean }> {
     const platform = parsePlatform(options.platform);
     const emit = (p: PullProgress): void => {
       try {
@@ -334,13 +388,8 @@ class ImageServiceImpl implements CapsuleImageService {
       const refs = target.tag !== undefined ? [referenceString(target), digestRef] : [digestRef];
       const [previous] = await this.images.setRefs(refs, id);
       const upToDate = previous === id;
-      emit(
-        messageLine(
-          `Status: ${upToDate ? 'Image is up to date for' : 'Downloaded newer image for'} ${familiarString(target)}`,
-        ),
-      );
       log.info('pulled', { id, digest: top.digest, upToDate });
-      return await this.record(id);
+      return { record: await this.record(id), updated: !upToDate };
     } catch (err) {
       if (options.signal?.aborted) throw new CanceledError('context canceled', { cause: err });
       throw err;
@@ -418,9 +467,13 @@ class ImageServiceImpl implements CapsuleImageService {
           emit(progressLine('Extracting', job.id, current, total)),
         );
         const gzip = detectCompression(await this.contentStore.readHead(job.desc.digest, 6)) === 'gzip';
+        const foreign = job.desc.urls !== undefined && job.desc.urls.length > 0;
         const info = await this.layerStore.unpack(job.diffID, blobPath, job.desc.digest, {
           onProgress: (current) => throttle.update(current, current >= total),
           signal: controller.signal,
+          ...(foreign
+            ? { foreign: { mediaType: job.desc.mediaType, size: total, urls: job.desc.urls ?? [] } }
+            : {}),
           ...(gzip
             ? { pushBlob: { digest: job.desc.digest, size: total }, repository: fullName(repo.ref) }
             : {}),
@@ -445,6 +498,61 @@ class ImageServiceImpl implements CapsuleImageService {
     return dedupeSizes(sizes, diffIDs);
   }
 
+  /**
+   * Opens a layer blob. A foreign or non-distributable layer (a descriptor with `urls`) comes,
+   * as in dockerd 20.10's v2LayerDescriptor.open, from the registry when it has the blob, else
+   * from the first of its URLs (http or https) that answers 200. Either way the caller verifies
+   * the bytes against the descriptor's digest before they are committed.
+   */
+  private async openLayerBlob(
+    repo: RemoteRepository,
+    desc: Descriptor,
+    signal: AbortSignal,
+  ): Promise<BlobResponse> {
+    const urls = desc.urls ?? [];
+    let lastError: unknown;
+    try {
+      return await repo.getBlob(desc.digest);
+    } catch (err) {
+      if (urls.length === 0 || signal.aborted) throw err;
+      lastError = err;
+    }
+    for (const address of urls) {
+      this.log.debug('pulling layer from a foreign URL', { digest: desc.digest, url: address });
+      try {
+        let url: URL;
+        try {
+          url = new URL(address);
+        } catch {
+          throw new InvalidParameterError(`invalid URL ${JSON.stringify(address)} for layer ${desc.digest}`);
+        }
+        const res = await httpGet(url, signal);
+        if (res.statusCode !== 200) {
+          res.resume();
+          throw new UnavailableError(
+            `Get "${url.toString()}": unexpected HTTP status ${res.statusCode ?? 0} ${res.statusMessage ?? ''}`.trimEnd(),
+          );
+        }
+        const length = Number(res.headers['content-length']);
+        return {
+          stream: res,
+          ...(res.headers['content-length'] !== undefined && Number.isSafeInteger(length)
+            ? { size: length }
+            : {}),
+        };
+      } catch (err) {
+        if (signal.aborted) throw err;
+        this.log.debug('foreign layer URL failed', {
+          digest: desc.digest,
+          url: address,
+          error: (err as Error).message,
+        });
+        lastError = err;
+      }
+    }
+    throw lastError;
+  }
+
   /** One layer blob into the content store, verified; shared with a concurrent pull of it. */
   private async download(
     repo: RemoteRepository,
@@ -467,7 +575,7 @@ class ImageServiceImpl implements CapsuleImageService {
       for (let attempt = 1; ; attempt++) {
         signal.throwIfAborted();
         try {
-          const blob = await repo.getBlob(digest);
+          const blob = await this.openLayerBlob(repo, job.desc, signal);
           const total = job.desc.size;
           const throttle = new ProgressThrottle((current) =>
             emit(progressLine('Downloading', job.id, current, total)),
@@ -1050,15 +1158,44 @@ class ImageServiceImpl implements CapsuleImageService {
     }
   }
 
+  /** docker commit (images/commit.ts). */
+  async commit(request: CommitRequest): Promise<ImageRecord> {
+    await this.ready();
+    const plan = planCommit(request);
+    const release = await this.gate.enter();
+    try {
+      return await this.record(await commitImage(this.ctx, plan, request));
+    } finally {
+      release();
+    }
+  }
+
   async import(tarball: AsyncIterable<Uint8Array>, options: ImportOptions): Promise<ImageRecord> {
     await this.ready();
     const plan = planImport(options);
+    let body = tarball;
+    let remote: Awaited<ReturnType<typeof openImportUrl>> | undefined;
+    if (plan.url !== undefined) {
+      // Errors opening the URL come before any progress line (a plain error status).
+      remote = await openImportUrl(plan.url, options.signal);
+      const emit = (p: PullProgress): void => {
+        try {
+          options.onProgress?.(p);
+        } catch (err) {
+          this.log.debug('progress listener failed', { error: (err as Error).message });
+        }
+      };
+      emit(messageLine(`Downloading from ${plan.url}`));
+      body = importProgress(remote.body as AsyncIterable<Buffer>, remote.total, emit);
+    }
     const release = await this.gate.enter();
     try {
-      const id = await importImage(this.ctx, plan, tarball, options.signal);
+      const id = await importImage(this.ctx, plan, body, options.signal);
       return await this.record(id);
     } finally {
       release();
+      // A download cut short (bad tarball, abort) must not keep its connection open.
+      remote?.body.destroy();
     }
   }
 }

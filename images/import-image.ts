@@ -1,5 +1,5 @@
 /**
- * `docker import`: a rootfs tarball (plain or gzip) becomes a one-layer image, as dockerd 20.10's
+ * `docker import`: a rootfs tarball (plain, gzip or zstd) becomes a one-layer image, as dockerd 20.10's
  * ImportImage makes it. The reference and the changes are validated before the body is read. The
  * tarball is stored uncompressed in the content store (its digest is the layer's diffID), then
  * unpacked by the same safe extractor as pulled layers; only then are the config and the image
@@ -10,20 +10,31 @@
  * rootfs.
  */
 import { PassThrough, pipeline, type Readable } from 'node:stream';
-import * as zlib from 'node:zlib';
-import { DataLossError, InvalidParameterError, NotImplementedError } from '../common/errdefs';
+import type { IncomingMessage } from 'node:http';
+import {
+  DataLossError,
+  ForbiddenError,
+  InvalidParameterError,
+  NotFoundError,
+  SystemError,
+  UnauthorizedError,
+} from '../common/errdefs';
 import { applyChanges } from './changes';
 import { goContainerConfig, goMarshal, goObject, goString } from './go-json';
 import type { ServiceContext } from './internals';
 import { goArch, goNow } from './internals';
+import { progressLine, ProgressThrottle } from './progress';
+import { httpGet } from './registry-client';
 import { fullName, isValidTag, parseNormalizedNamed, referenceString, type Reference } from './reference';
-import { peekCompression } from './unpack';
-import type { ImageRuntimeConfig, ImportOptions } from './types';
+import { decompressors, peekCompression } from './unpack';
+import type { ImageRuntimeConfig, ImportOptions, PullProgress } from './types';
 
 export interface ImportPlan {
   ref: Reference | undefined;
   config: ImageRuntimeConfig;
   message: string;
+  /** Where to download the tarball from (`fromSrc` other than "-"), scheme added. */
+  url?: string;
 }
 
 /** Validates what can be checked before the body is read (dockerd's order and texts). */
@@ -39,31 +50,107 @@ export function planImport(options: ImportOptions): ImportPlan {
     if (ref.tag === undefined) ref = { ...ref, tag: 'latest' };
   }
   const config = applyChanges(options.changes ?? []);
+  const url = options.url !== undefined ? importUrl(options.url) : undefined;
   const message =
     options.message !== undefined && options.message !== ''
       ? options.message
-      : `Imported from ${options.source ?? '-'}`;
-  return { ref, config, message };
+      : `Imported from ${url ?? options.source ?? '-'}`;
+  return { ref, config, message, ...(url !== undefined ? { url } : {}) };
 }
 
-/** The uncompressed tar stream of the tarball (gzip detected by its magic). */
+/** dockerd's reading of `fromSrc`: without a scheme it is an http URL. */
+function importUrl(src: string): string {
+  const address = src.includes('://') ? src : `http://${src}`;
+  try {
+    new URL(address);
+  } catch {
+    throw new InvalidParameterError(`parse ${JSON.stringify(address)}: invalid URL`);
+  }
+  return address;
+}
+
+const MAX_ERROR_BODY = 64 * 1024;
+
+/**
+ * Opens the tarball of `docker import <URL>` (dockerd's remotes.GetWithStatusError): a status of
+ * 400 or more fails with the body in the message — 404 NotFound, 400 InvalidParameter, 401
+ * Unauthorized, 403 Forbidden, others System —, before any progress line is written.
+ */
+export async function openImportUrl(
+  address: string,
+  signal?: AbortSignal,
+): Promise<{ body: IncomingMessage; total: number }> {
+  const res = await httpGet(new URL(address), signal);
+  const status = res.statusCode ?? 0;
+  if (status < 400) {
+    const length = Number(res.headers['content-length']);
+    return {
+      body: res,
+      total: res.headers['content-length'] !== undefined && Number.isSafeInteger(length) ? length : -1,
+    };
+  }
+  let text = `failed to GET ${address} with status ${status} ${res.statusMessage ?? ''}`.trimEnd();
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of res as AsyncIterable<Buffer>) {
+    if (size < MAX_ERROR_BODY) chunks.push(chunk);
+    size += chunk.length;
+  }
+  text += `: ${Buffer.concat(chunks).subarray(0, MAX_ERROR_BODY).toString('utf8').trim()}`;
+  switch (status) {
+    case 404:
+      throw new NotFoundError(text);
+    case 400:
+      throw new InvalidParameterError(text);
+    case 401:
+      throw new UnauthorizedError(text);
+    case 403:
+      throw new ForbiddenError(text);
+    default:
+      throw new SystemError(text);
+  }
+}
+
+/** The downloaded body, counted into dockerd's "Importing" progress lines (no id). */
+export async function* importProgress(
+  body: AsyncIterable<Buffer>,
+  total: number,
+  emit: (p: PullProgress) => void,
+): AsyncGenerator<Buffer> {
+  let current = 0;
+  const throttle = new ProgressThrottle((n) => {
+    const { id: _id, ...line } = progressLine('Importing', '', n, total);
+    emit(line);
+  });
+  for await (const chunk of body) {
+    current += chunk.length;
+    throttle.update(current, total > 0 && current >= total);
+    yield chunk;
+  }
+}
+
+/** The uncompressed tar stream of the tarball (gzip or zstd detected by its magic). */
 async function* uncompressed(input: AsyncIterable<Uint8Array>, signal?: AbortSignal): AsyncGenerator<Buffer> {
   const { compression, source } = await peekCompression(input, signal);
-  if (compression !== 'gzip' && compression !== 'none') {
-    throw new NotImplementedError(`unsupported compression format: ${compression}`);
-  }
-  if (compression === 'none') {
+  const decompress = decompressors(compression, 'archive');
+  if (decompress.length === 0) {
     yield* source();
     return;
   }
   const out = new PassThrough();
-  pipeline(source() as unknown as Readable, zlib.createGunzip(), out, () => undefined);
+  pipeline(
+    [source() as unknown as Readable, ...decompress, out] as unknown as [Readable, PassThrough],
+    () => undefined,
+  );
   try {
     yield* out as AsyncIterable<Buffer>;
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (typeof code === 'string' && code.startsWith('Z_')) {
       throw new DataLossError(`failed to register layer: ${(err as Error).message}`, { cause: err });
+    }
+    if (err instanceof DataLossError) {
+      throw new DataLossError(`failed to register layer: ${err.message}`, { cause: err });
     }
     throw err;
   } finally {

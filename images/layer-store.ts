@@ -4,7 +4,7 @@
  *   <root>/layers/<diffID hex>/          the layer's files (an overlay lower dir), read-only use
  *   <root>/layers/.tmp-<hex>-<random>/   an extraction in progress (removed at start-up)
  *   <root>/layerdb/sha256/<hex>.json     {diffID, size, blobDigest, tarSize, pushBlob?,
- *                                         repositories?}: written before the rename
+ *                                         repositories?, foreign?}: written before the rename
  *
  * A layer exists when both its record and its directory exist. The record is written (atomically)
  * before the extracted directory is renamed into place, so a crash between the two leaves a record
@@ -43,8 +43,20 @@ export interface LayerInfo {
   pushBlob?: PushBlob;
   /** Repositories ("127.0.0.1:5000/bb") known to hold pushBlob (pulled from or pushed to). */
   repositories?: string[];
+  /**
+   * A foreign / non-distributable layer (its descriptor had `urls`): the descriptor a push puts
+   * in the manifest instead of uploading the blob (blobDigest is its digest), as dockerd.
+   */
+  foreign?: ForeignLayer;
   /** Absolute path of the unpacked directory. */
   dir: string;
+}
+
+/** The descriptor of a foreign layer, less its digest (the layer's blobDigest). */
+export interface ForeignLayer {
+  mediaType: string;
+  size: number;
+  urls: string[];
 }
 
 type LayerRecord = Omit<LayerInfo, 'dir'>;
@@ -57,6 +69,8 @@ export interface UnpackOptions {
   pushBlob?: PushBlob;
   /** The repository the blob came from ("127.0.0.1:5000/bb"), for push's existence checks. */
   repository?: string;
+  /** The layer is foreign (see LayerInfo.foreign). */
+  foreign?: ForeignLayer;
 }
 
 export class LayerStore {
@@ -231,6 +245,7 @@ export class LayerStore {
         tarSize,
         ...(options.pushBlob ? { pushBlob: options.pushBlob } : {}),
         ...(options.repository ? { repositories: [options.repository] } : {}),
+        ...(options.foreign ? { foreign: options.foreign } : {}),
       };
       await writeJsonAtomic(this.recordPath(diffID), record);
       await fs.rename(tmp, final);

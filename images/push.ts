@@ -12,11 +12,16 @@
  *      3-space JSON layout) PUT under the tag, "<tag>: digest: sha256:… size: N" and the aux
  *      record; the manifest digest becomes a repo digest of the image.
  *
+ * Foreign layers (pulled from a descriptor with `urls`) are not uploaded: "Skipped foreign layer",
+ * and their descriptor goes in the manifest with its URLs, as dockerd does without
+ * allow-nondistributable-artifacts.
+ *
  * Layers are pushed as gzip blobs: the pulled blob when it is gzip (so digests survive a pull /
  * push round trip), otherwise a gzip made once from the stored layer tar and kept in the content
  * store. Which repositories hold a layer's blob is recorded on the layer, like dockerd's v2
  * metadata, for later existence checks and mounts.
  */
+import { PassThrough, pipeline } from 'node:stream';
 import * as zlib from 'node:zlib';
 import {
   CanceledError,
@@ -39,7 +44,7 @@ import {
   type Reference,
 } from './reference';
 import type { RemoteRepository } from './registry-client';
-import { detectCompression } from './unpack';
+import { decompressors, detectCompression } from './unpack';
 import type { PushOptions, PushProgress } from './types';
 
 /** dockerd's max-concurrent-uploads default. */
@@ -58,6 +63,8 @@ interface LayerDescriptor {
   mediaType: string;
   size: number;
   digest: string;
+  /** A foreign layer's URLs (kept in the manifest; the blob is not uploaded). */
+  urls?: string[];
 }
 
 class Limiter {
@@ -181,7 +188,12 @@ async function pushTag(
     schemaVersion: 2,
     mediaType: MediaType.DockerManifest,
     config: { mediaType: MediaType.DockerConfig, size: config.length, digest: id },
-    layers: layers.map((l) => ({ mediaType: l.mediaType, size: l.size, digest: l.digest })),
+    layers: layers.map((l) => ({
+      mediaType: l.mediaType,
+      size: l.size,
+      digest: l.digest,
+      ...(l.urls !== undefined ? { urls: l.urls } : {}),
+    })),
   };
   // dockerd's schema2 manifest: json.MarshalIndent with three spaces, no trailing newline.
   const bytes = Buffer.from(JSON.stringify(manifest, null, 3), 'utf8');
@@ -206,6 +218,20 @@ async function pushLayer(
   if (done !== undefined) {
     emit(layerLine('Layer already exists', id));
     return done;
+  }
+  // A foreign layer is not uploaded: its descriptor, with its URLs, goes in the manifest as it
+  // came (dockerd without allow-nondistributable-artifacts).
+  const info = await ctx.layers.get(diffID);
+  if (info?.foreign !== undefined && info.blobDigest !== undefined && info.foreign.urls.length > 0) {
+    const descriptor: LayerDescriptor = {
+      mediaType: info.foreign.mediaType,
+      size: info.foreign.size,
+      digest: info.blobDigest,
+      urls: info.foreign.urls,
+    };
+    emit(layerLine('Skipped foreign layer', id));
+    pushed.set(diffID, descriptor);
+    return descriptor;
   }
   const blob = await ensurePushBlob(ctx, diffID);
   const descriptor: LayerDescriptor = {
@@ -274,13 +300,20 @@ async function ensurePushBlob(ctx: ServiceContext, diffID: string): Promise<Push
     if (source === undefined || !(await ctx.content.has(source))) {
       throw new DataLossError(`layer ${diffID} has no stored content to push`);
     }
-    const head = await ctx.content.readHead(source, 6);
+    const compression = detectCompression(await ctx.content.readHead(source, 6));
     let pushBlob: { digest: string; size: number };
-    if (detectCompression(head) === 'gzip') {
+    if (compression === 'gzip') {
       pushBlob = { digest: source, size: await ctx.content.size(source) };
     } else {
-      // A plain tar (loaded or imported): compress it once, as dockerd does for every push.
-      const gz = ctx.content.openRead(source).pipe(zlib.createGzip({ level: 6 }));
+      // A plain tar (loaded or imported) or a zstd blob: (re)compressed once as gzip, as dockerd
+      // pushes every layer it did not pull as gzip.
+      const gz = new PassThrough();
+      pipeline(
+        [ctx.content.openRead(source), ...decompressors(compression), zlib.createGzip({ level: 6 }), gz],
+        (err) => {
+          if (err) gz.destroy(err);
+        },
+      );
       pushBlob = await ctx.content.ingestComputed(gz as AsyncIterable<Buffer>);
     }
     await ctx.layers.update(diffID, (record) => ({ ...record, pushBlob }));

@@ -211,7 +211,7 @@ describe('RegistryClient against a fake registry', () => {
       client.repository(ref, undefined).getManifest('v1'),
       (e: unknown) =>
         e instanceof UnauthorizedError &&
-        e.message === `Get "http://${r.host}/v2/bb/manifests/v1": no basic auth credentials`,
+        e.message === `Head "http://${r.host}/v2/bb/manifests/v1": no basic auth credentials`,
     );
     await assert.rejects(
       client.repository(ref, { username: 'alice', password: 'nope' }).getManifest('v1'),
@@ -251,7 +251,7 @@ describe('RegistryClient against a fake registry', () => {
       (e: unknown) =>
         e instanceof UnauthorizedError &&
         e.message ===
-          `Get "http://${r.host}/v2/bb/manifests/v1": unauthorized: incorrect username or password`,
+          `Head "http://${r.host}/v2/bb/manifests/v1": unauthorized: incorrect username or password`,
     );
     await client.repository(ref, { username: 'bob', password: 'pw' }).getManifest('v1');
     const basic = `Basic ${Buffer.from('bob:pw').toString('base64')}`;

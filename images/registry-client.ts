@@ -302,6 +302,31 @@ async function send(spec: RequestSpec): Promise<{ res: IncomingMessage; url: URL
   }
 }
 
+/**
+ * A plain GET outside any registry (`docker import <URL>`, foreign layer URLs), as Go's
+ * http.Get: redirects followed, transport errors in Go's words (`Get "http://…": dial tcp …`),
+ * schemes other than http and https refused as Go refuses them.
+ */
+export async function httpGet(
+  url: URL,
+  signal?: AbortSignal,
+  userAgent = 'capsule/0.1',
+): Promise<IncomingMessage> {
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new SystemError(
+      `Get "${url.toString()}": unsupported protocol scheme "${url.protocol.slice(0, -1)}"`,
+    );
+  }
+  const { res } = await send({
+    method: 'GET',
+    url,
+    headers: { 'user-agent': userAgent },
+    skipTlsVerify: false,
+    ...(signal ? { signal } : {}),
+  });
+  return res;
+}
+
 async function readBody(res: IncomingMessage, limit: number, what: string): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let total = 0;
@@ -567,7 +592,11 @@ export class RemoteRepository {
   private async getManifestFrom(endpoint: Endpoint, tagOrDigest: string): Promise<FetchedManifest> {
     const ping = await this.pingEndpoint(endpoint);
     const url = new URL(`/v2/${this.ref.path}/manifests/${tagOrDigest}`, ping.endpoint.origin);
-    const res = await this.authorizedRequest('GET', url, { accept: MANIFEST_ACCEPT });
+    // dockerd resolves a tag with a HEAD first, so its auth errors name "Head" (a digest: "Get").
+    const res = await this.authorizedRequest('GET', url, {
+      accept: MANIFEST_ACCEPT,
+      ...(tagOrDigest.startsWith('sha256:') ? {} : { shownMethod: 'HEAD' }),
+    });
     const status = res.statusCode ?? 0;
     if (status !== 200) throw await this.manifestError(res, tagOrDigest);
     const bytes = await readBody(res, MAX_MANIFEST_BYTES, 'manifest');
@@ -608,6 +637,69 @@ export class RemoteRepository {
     if (status === 401) return new UnauthorizedError(info.text);
     if (status === 429 || status >= 500) return new UnavailableError(info.text);
     return new SystemError(info.text);
+  }
+
+  /**
+   * Every tag of the repository (`GET /v2/<name>/tags/list`, following `Link: <…>; rel="next"`
+   * pages as distribution's client does), for `docker pull --all-tags`. Endpoints are tried as
+   * for a manifest; the one that answered is pinned for the pulls that follow.
+   */
+  async listTags(): Promise<string[]> {
+    const endpoints = this.ping !== undefined ? [this.ping.endpoint] : this.client.endpoints(this.ref.domain);
+    let lastError: unknown;
+    for (const [i, endpoint] of endpoints.entries()) {
+      try {
+        return await this.listTagsFrom(endpoint);
+      } catch (err) {
+        lastError = err;
+        this.ping = undefined;
+        if (err instanceof CanceledError || i === endpoints.length - 1) throw err;
+        const fallThrough =
+          endpoint.mirror || (endpoint.origin.startsWith('https:') && err instanceof UnavailableError);
+        if (!fallThrough) throw err;
+      }
+    }
+    throw lastError;
+  }
+
+  private async listTagsFrom(endpoint: Endpoint): Promise<string[]> {
+    const ping = await this.pingEndpoint(endpoint);
+    const tags: string[] = [];
+    let url: URL | undefined = new URL(`/v2/${this.ref.path}/tags/list`, ping.endpoint.origin);
+    for (let page = 0; url !== undefined; page++) {
+      if (page >= 1000) throw new SystemError(`too many pages of tags for ${familiarName(this.ref)}`);
+      const res = await this.authorizedRequest('GET', url, { accept: 'application/json' });
+      const status = res.statusCode ?? 0;
+      if (status !== 200) {
+        const info = await registryErrorOf(res);
+        if (info.code === 'NAME_UNKNOWN' || status === 404) {
+          throw new NotFoundError(`repository ${familiarName(this.ref)} not found: ${info.text}`);
+        }
+        if (info.code === 'DENIED' || status === 403) {
+          throw new NotFoundError(
+            `pull access denied for ${familiarName(this.ref)}, repository does not exist or may require 'docker login': ${info.text}`,
+          );
+        }
+        if (info.code === 'UNAUTHORIZED' || status === 401) throw new UnauthorizedError(info.text);
+        if (status === 429 || status >= 500) throw new UnavailableError(info.text);
+        throw new SystemError(info.text);
+      }
+      const body = await readBody(res, MAX_MANIFEST_BYTES, 'tag list');
+      let doc: { tags?: unknown };
+      try {
+        doc = JSON.parse(body.toString('utf8')) as { tags?: unknown };
+      } catch {
+        throw new SystemError(`invalid tag list from ${url.origin}`);
+      }
+      if (Array.isArray(doc.tags)) tags.push(...doc.tags.filter((t): t is string => typeof t === 'string'));
+      const next = /<([^>]+)>\s*;\s*rel="?next"?/i.exec(String(res.headers.link ?? ''));
+      url = next?.[1] !== undefined ? new URL(next[1], url) : undefined;
+      // Never follow a page link to another origin (it would get our Authorization).
+      if (url !== undefined && url.origin !== ping.endpoint.origin) {
+        throw new SystemError(`tag list of ${familiarName(this.ref)} links to another origin`);
+      }
+    }
+    return tags;
   }
 
   /** Opens a blob for streaming (following the registry's redirect to storage). */
@@ -880,6 +972,9 @@ export class RemoteRepository {
     const basic = challenges.find((c) => c.scheme === 'basic');
     if (basic !== undefined) {
       if (!this.auth.username && !this.auth.password) {
+        // A push reports the bare error (dockerd's retryOnError unwraps the url.Error); a pull
+        // keeps Go's `Head "<url>": ` prefix.
+        if (this.actions === 'pull,push') throw new UnauthorizedError('no basic auth credentials');
         throw new UnauthorizedError(
           `${goMethod(method)} "${requestUrl.toString()}": no basic auth credentials`,
         );
@@ -995,6 +1090,8 @@ export class RemoteRepository {
       headers?: Record<string, string>;
       body?: RequestBody;
       extraScopes?: string[];
+      /** The method error texts name, when it is not the one sent. */
+      shownMethod?: string;
     },
   ): Promise<IncomingMessage> {
     const endpoint = (this.ping as PingResult).endpoint;
@@ -1003,7 +1100,7 @@ export class RemoteRepository {
       const headers: Record<string, string> = { 'user-agent': this.client.userAgent, ...extra.headers };
       if (extra.accept !== undefined) headers.accept = extra.accept;
       if (url.origin === endpoint.origin) {
-        const authorization = await this.authorization(url, scopes, method);
+        const authorization = await this.authorization(url, scopes, extra.shownMethod ?? method);
         if (authorization !== undefined) headers.authorization = authorization;
       }
       const { res } = await send({

@@ -88,6 +88,11 @@ export interface PullOptions {
   auth?: RegistryAuth;
   /** "os/arch[/variant]"; default linux/amd64. */
   platform?: string;
+  /**
+   * The API's `fromImage` without a `tag`: a reference with neither tag nor digest pulls every
+   * tag of the repository (dockerd's, and `docker pull --all-tags`); otherwise ignored.
+   */
+  allTags?: boolean;
   signal?: AbortSignal;
 }
 
@@ -130,6 +135,14 @@ export interface ImportOptions {
   message?: string;
   /** Where the tarball came from, for the default message; default "-" (the request body). */
   source?: string;
+  /**
+   * The API's `fromSrc` when it is not "-": the tarball is downloaded from this URL (http:// is
+   * added when it has no scheme) instead of read from the body, with dockerd's "Downloading from
+   * <url>" and "Importing" progress lines sent to `onProgress`.
+   */
+  url?: string;
+  /** Progress lines of a URL import. */
+  onProgress?: (p: PullProgress) => void;
   signal?: AbortSignal;
 }
 

@@ -9,6 +9,7 @@ import * as zlib from 'node:zlib';
 import fc from 'fast-check';
 import { DataLossError, NotImplementedError } from '../common/errdefs';
 import { buildTar, type FixtureEntry } from './testing/image-builder';
+import { zstdStoredFrame } from './testing/zstd-frames';
 import { cleanEntryPath, detectCompression, directorySize, extractLayer, LayerBreakoutError } from './unpack';
 
 const isRoot = process.getuid?.() === 0;
@@ -378,12 +379,23 @@ describe('extractLayer: content', () => {
     assert.equal(await fs.readFile(path.join(sb2.root, 'a'), 'utf8'), 'hello\n');
   });
 
-  it('rejects zstd layers as not implemented', async () => {
+  it('extracts zstd layers (diffID over the plain tar) and rejects bzip2 as not implemented', async () => {
+    const data = await buildTar([{ name: 'z', content: 'zstd layer\n' }]);
+    const diffID = `sha256:${createHash('sha256').update(data).digest('hex')}`;
     const sb = await sandbox();
+    assert.equal((await extractLayer(chunks(zstdStoredFrame(data), 100), sb.root)).diffID, diffID);
+    assert.equal(await fs.readFile(path.join(sb.root, 'z'), 'utf8'), 'zstd layer\n');
+    const sb2 = await sandbox();
     await assert.rejects(
-      extractLayer(chunks(Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3, 4])), sb.root),
+      extractLayer(chunks(Buffer.from([0x42, 0x5a, 0x68, 0x39, 1, 2, 3, 4])), sb2.root),
       NotImplementedError,
     );
+  });
+
+  it('fails with DataLossError on a truncated zstd stream', async () => {
+    const frame = zstdStoredFrame(await buildTar([{ name: 'a', content: 'x'.repeat(100_000) }]));
+    const sb = await sandbox();
+    await assert.rejects(extractLayer(chunks(frame.subarray(0, frame.length - 100)), sb.root), DataLossError);
   });
 
   it('fails with DataLossError on a truncated gzip stream', async () => {

@@ -36,6 +36,7 @@ import * as zlib from 'node:zlib';
 import * as tar from 'tar-stream';
 import { DataLossError, NotImplementedError, SystemError } from '../common/errdefs';
 import type { Logger } from '../common/logger';
+import { createZstdDecompress } from './zstd';
 
 const execFileAsync = promisify(execFile);
 
@@ -55,6 +56,25 @@ export function detectCompression(head: Uint8Array): Compression {
   if (b(0) === 0xfd && b(1) === 0x37 && b(2) === 0x7a && b(3) === 0x58 && b(4) === 0x5a && b(5) === 0x00)
     return 'xz';
   return 'none';
+}
+
+/**
+ * The streams that turn `compression` into a plain tar: none, gunzip or the zstd decoder.
+ * NotImplementedError (dockerd's "unsupported compression format") for bzip2 and xz.
+ */
+export function decompressors(compression: Compression, what = 'layer'): NodeJS.ReadWriteStream[] {
+  switch (compression) {
+    case 'none':
+      return [];
+    case 'gzip':
+      // 64 KiB output chunks instead of zlib's 16 KiB: a quarter of the callbacks, tar-parser
+      // chunks and file writes; ≈ 30 % less CPU unpacking a 25 MiB layer (docs/performance.md).
+      return [zlib.createGunzip({ chunkSize: 64 * 1024 })];
+    case 'zstd':
+      return [createZstdDecompress()];
+    default:
+      throw new NotImplementedError(`unsupported ${what} compression: ${compression}`);
+  }
 }
 
 /** A stream whose compression was read off its first bytes; `source()` yields all of it again. */
@@ -507,7 +527,7 @@ async function run(command: string, args: string[]): Promise<void> {
 }
 
 /**
- * Extracts a (gzip-compressed or plain) layer tar from `input` into `dest`, which must be an
+ * Extracts a (gzip- or zstd-compressed, or plain) layer tar from `input` into `dest`, which must be an
  * existing, empty directory private to this call. Returns the diffID of the uncompressed stream.
  * Throws LayerBreakoutError (a DataLossError) on a hostile entry, leaving `dest` for the caller
  * to remove.
@@ -533,9 +553,7 @@ export async function extractLayer(
   }
   const head = Buffer.concat(headChunks);
   const compression = detectCompression(head);
-  if (compression !== 'gzip' && compression !== 'none') {
-    throw new NotImplementedError(`unsupported layer compression: ${compression}`);
-  }
+  const decompress = decompressors(compression);
 
   let consumed = 0;
   async function* source(): AsyncGenerator<Buffer> {
@@ -558,9 +576,8 @@ export async function extractLayer(
   // The uncompressed bytes, hashed on the way into the tar parser.
   const plain = new PassThrough();
   const feedDone = new Promise<void>((resolve, reject) => {
-    const streams: NodeJS.ReadWriteStream[] = compression === 'gzip' ? [zlib.createGunzip()] : [];
     pipeline(
-      [source() as unknown as Readable, ...streams, plain] as unknown as [Readable, PassThrough],
+      [source() as unknown as Readable, ...decompress, plain] as unknown as [Readable, PassThrough],
       (err) => (err ? reject(err) : resolve()),
     );
   });

@@ -1,7 +1,8 @@
 /**
  * The images issue's user story through the real docker CLI against a real capsuled and real
  * registries (Debian's docker-registry): tag, images (filters, --digests), rmi (untag vs delete,
- * 409 in use), history, push and pull back, save/load, import --change, login with htpasswd,
+ * 409 in use), history, push and pull back, pull -a, save/load, import --change and from a URL,
+ * login with htpasswd,
  * system df, image prune, and a second daemon whose daemon.json sets registry-mirrors pulling
  * `busybox` (docker.io/library/busybox) from the mirror. Expected outputs are the reference
  * dockerd 20.10's for the same commands. No container is started: no VM is needed.
@@ -9,11 +10,13 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { runCli, type CliResult } from './harness/cli';
 import { TestDaemon } from './harness/daemon';
-import { buildTar, pushBusybox } from './harness/fixtures';
+import { buildImage, buildTar, gzipLayer, pushBusybox, pushImage } from './harness/fixtures';
 import { startRegistry, type RunningRegistry } from './harness/registry';
 import { session, type Session } from './harness/session';
 
@@ -212,6 +215,89 @@ describe('docker image commands against capsuled', () => {
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /run is not a valid change command/);
     ok(await docker(['rmi', 'cli-images/imported:1']));
+  });
+
+  it('pull -a pulls every tag: per-tag lines, one status for the repository, as dockerd 20.10', async () => {
+    // v1 is the session's busybox (already here: no layer lines); v2 is a new image.
+    const repo = `${s.registry}/cli-images/alltags`;
+    const v1 = await pushBusybox(s.registry, 'cli-images/alltags', 'v1');
+    const other = buildImage(
+      [
+        gzipLayer(
+          await buildTar([
+            { name: 'etc/', type: 'directory' },
+            { name: 'etc/v2', content: 'v2\n' },
+          ]),
+        ),
+      ],
+      {
+        Cmd: ['sh'],
+      },
+    );
+    const v2 = await pushImage(s.registry, 'cli-images/alltags', 'v2', other);
+    const layer = other.layers[0]?.digest.slice(7, 19) ?? '';
+    const first = ok(await docker(['pull', '-a', repo]));
+    assert.equal(
+      first,
+      [
+        'v1: Pulling from cli-images/alltags',
+        `Digest: ${v1.manifestDigest}`,
+        'v2: Pulling from cli-images/alltags',
+        `${layer}: Pulling fs layer`,
+        `${layer}: Verifying Checksum`,
+        `${layer}: Download complete`,
+        `${layer}: Pull complete`,
+        `Digest: ${v2.manifestDigest}`,
+        `Status: Downloaded newer image for ${repo}`,
+        repo,
+        '',
+      ].join('\n'),
+    );
+    assert.equal(await imageId(`${repo}:v1`), await imageId(s.busybox));
+    assert.equal(await imageId(`${repo}:v2`), other.configDigest);
+    const again = ok(await docker(['pull', '--all-tags', repo]));
+    assert.match(
+      again,
+      new RegExp(
+        `\nStatus: Image is up to date for ${repo.replace(/[.]/g, '\\.')}\n${repo.replace(/[.]/g, '\\.')}\n$`,
+      ),
+    );
+    const tagged = await docker(['pull', '-a', `${repo}:v1`]);
+    assert.equal(tagged.code, 1);
+    assert.match(tagged.stderr, /tag can't be used with --all-tags\/-a/);
+    ok(await docker(['rmi', `${repo}:v1`, `${repo}:v2`]));
+  });
+
+  it("import from an http URL downloads it with dockerd's lines and message", async () => {
+    const tarball = await fs.readFile(await rootfsTar('served.tar', 'from the web'));
+    const server = http.createServer((req, res) => {
+      if (req.url === '/rootfs.tar') {
+        res.writeHead(200, { 'content-length': tarball.length }).end(tarball);
+        return;
+      }
+      res.writeHead(404, 'Not Found').end('nothing here\n');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const origin = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      const out = ok(await docker(['import', `http://${origin}/rootfs.tar`, 'cli-images/fromurl:1']));
+      const id = await imageId('cli-images/fromurl:1');
+      assert.equal(out, `Downloading from http://${origin}/rootfs.tar\n${id}\n`);
+      const comment = ok(
+        await docker(['image', 'inspect', '--format', '{{.Comment}}', 'cli-images/fromurl:1']),
+      );
+      assert.equal(comment, `Imported from http://${origin}/rootfs.tar\n`);
+      const missing = await docker(['import', `http://${origin}/nope.tar`]);
+      assert.equal(missing.code, 1);
+      assert.equal(
+        missing.stderr,
+        `Error response from daemon: failed to GET http://${origin}/nope.tar with status 404 Not Found: nothing here\n`,
+      );
+      ok(await docker(['rmi', 'cli-images/fromurl:1']));
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
   });
 
   it('system df reports the images and their sizes', async () => {

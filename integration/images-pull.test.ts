@@ -1,6 +1,6 @@
 /**
  * Pull end to end against Debian's docker-registry (distribution 2.8), with images built by our
- * fixtures and pushed by skopeo, through the ImageService directly (no daemon). Needs root (layer
+ * fixtures and pushed by skopeo (zstd layers compressed by skopeo itself), through the ImageService directly (no daemon). Needs root (layer
  * ownership, whiteout device nodes, trusted.* xattrs, overlay mounts) and fails — never skips —
  * when docker-registry, skopeo, openssl or setfattr are missing.
  */
@@ -24,8 +24,10 @@ import {
   pushBusybox,
   pushMultiArch,
   pushMultiLayer,
+  pushZstdImage,
   type PushedImage,
   type PushedIndex,
+  type PushedZstd,
 } from './harness/fixtures';
 import { freePort, requireCommand, startRegistry, type RunningRegistry } from './harness/registry';
 
@@ -324,7 +326,7 @@ describe('pull from a registry with htpasswd basic auth', () => {
       svc.pull(busybox.reference, {}, () => undefined),
       (e: unknown) =>
         e instanceof UnauthorizedError &&
-        e.message === `Get "http://${registry.host}/v2/busybox/manifests/latest": no basic auth credentials`,
+        e.message === `Head "http://${registry.host}/v2/busybox/manifests/latest": no basic auth credentials`,
     );
     assert.deepEqual(await svc.list(), []);
   });
@@ -493,7 +495,7 @@ describe('pull from a registry with token (Bearer) auth', () => {
       (e: unknown) =>
         e instanceof UnauthorizedError &&
         e.message ===
-          `Get "http://${registry.host}/v2/busybox/manifests/latest": unauthorized: incorrect username or password`,
+          `Head "http://${registry.host}/v2/busybox/manifests/latest": unauthorized: incorrect username or password`,
     );
   });
 
@@ -509,5 +511,70 @@ describe('pull from a registry with token (Bearer) auth', () => {
     assert.deepEqual(tokens.requests, [
       { scope: 'repository:busybox:pull', service, account: creds.user, authorized: true },
     ]);
+  });
+});
+
+describe('zstd layers (skopeo --dest-compress-format zstd)', () => {
+  let registry: RunningRegistry;
+  let pushed: PushedZstd;
+
+  before(async () => {
+    registry = await startRegistry();
+    cleanups.push(() => registry.stop());
+    pushed = await pushZstdImage(registry.host, 'zstd', 'v1');
+  });
+
+  it('the registry holds zstd blobs; the pull verifies digests and diffIDs and unpacks a rootfs that runs', async () => {
+    assert.deepEqual(
+      pushed.manifest.layers.map((l) => l.mediaType),
+      ['application/vnd.oci.image.layer.v1.tar+zstd', 'application/vnd.oci.image.layer.v1.tar+zstd'],
+    );
+    const svc = await newService();
+    const { events, lines } = await pull(svc, pushed.reference);
+    for (const l of pushed.manifest.layers) {
+      assert.equal(statusesOf(events, l.digest.slice(7, 19)).at(-1), 'Pull complete');
+    }
+    assert.equal(lines.at(-1), `Status: Downloaded newer image for ${pushed.reference}`);
+    const record = await svc.get(pushed.reference);
+    assert.equal(record.id, pushed.image.configDigest);
+    assert.deepEqual(
+      record.config.rootfs.diff_ids,
+      pushed.image.layers.map((l) => l.diffID),
+    );
+    const [lower, upper] = await svc.layerDirs(record);
+    assert.ok(lower && upper);
+    assert.equal((await fs.stat(path.join(lower, 'bin/busybox'))).size, (await fs.stat('/bin/busybox')).size);
+    assert.equal(await fs.readlink(path.join(lower, 'bin/sh')), 'busybox');
+    assert.equal(
+      await fs.readFile(path.join(upper, 'etc/zstd-marker'), 'utf8'),
+      'compressed with zstd\n'.repeat(1000),
+    );
+    const { stdout } = await execFileAsync('chroot', [lower, '/bin/sh', '-c', 'echo zstd ok']);
+    assert.equal(stdout, 'zstd ok\n');
+  });
+
+  it('a zstd-pulled image pushes back as gzip and pulls again with the same diffIDs', async () => {
+    const svc = await newService();
+    await pull(svc, pushed.reference);
+    await svc.tag(pushed.reference, `${registry.host}/zstd-regz`, 'v1');
+    await svc.push(`${registry.host}/zstd-regz:v1`, {}, () => undefined);
+    const other = await newService();
+    await pull(other, `${registry.host}/zstd-regz:v1`);
+    const record = await other.get(`${registry.host}/zstd-regz:v1`);
+    assert.equal(record.id, pushed.image.configDigest);
+    const { stdout } = await execFileAsync('skopeo', [
+      'inspect',
+      '--raw',
+      '--tls-verify=false',
+      `docker://${registry.host}/zstd-regz:v1`,
+    ]);
+    const manifest = JSON.parse(stdout) as { layers: Array<{ mediaType: string }> };
+    assert.deepEqual(
+      manifest.layers.map((l) => l.mediaType),
+      [
+        'application/vnd.docker.image.rootfs.diff.tar.gzip',
+        'application/vnd.docker.image.rootfs.diff.tar.gzip',
+      ],
+    );
   });
 });

@@ -9,6 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { BUSYBOX, startHarness, type Harness } from '../testing/harness';
 import { request, type Reply } from '../testing/http';
+import type { ImportOptions } from '../../daemon/daemon-images';
 
 let h: Harness;
 
@@ -358,12 +359,60 @@ describe('push, save, load, import', () => {
     );
     assert.equal(bad.status, 400);
     assert.deepEqual(bad.json(), { message: 'run is not a valid change command' });
-    const url = await request(
-      h.socketPath,
-      'POST',
-      '/images/create?fromSrc=http%3A%2F%2Fexample.com%2Fx.tar',
-    );
-    assert.equal(url.status, 501);
+  });
+
+  it('POST /images/create?fromSrc=<URL> hands the URL to the service and streams its progress lines', async () => {
+    const seen: ImportOptions[] = [];
+    const original = h.images.import.bind(h.images);
+    h.images.import = async (tarball, options) => {
+      seen.push(options);
+      options.onProgress?.({ status: `Downloading from ${options.url ?? ''}` });
+      return original(tarball, options);
+    };
+    try {
+      const reply = await request(
+        h.socketPath,
+        'POST',
+        '/images/create?fromSrc=127.0.0.1%3A9%2Fx.tar&repo=fromurl&tag=2',
+        { body: Buffer.from('ignored body'), headers: { 'Content-Type': 'text/plain' } },
+      );
+      assert.equal(reply.status, 200, reply.text);
+      const [first, second] = lines(reply);
+      assert.deepEqual(first, { status: 'Downloading from 127.0.0.1:9/x.tar' });
+      assert.match(String(second?.status), /^sha256:[0-9a-f]{64}$/);
+      assert.equal(seen[0]?.url, '127.0.0.1:9/x.tar');
+      assert.equal(seen[0]?.repository, 'fromurl');
+      assert.equal(seen[0]?.tag, '2');
+    } finally {
+      h.images.import = original;
+    }
+  });
+
+  it('POST /images/create?fromImage without a tag asks for every tag (docker pull -a); with one, not', async () => {
+    const seen: Array<{ reference: string; allTags: boolean | undefined }> = [];
+    const original = h.images.pull.bind(h.images);
+    h.images.pull = async (reference, options, onProgress) => {
+      seen.push({ reference, allTags: options.allTags });
+      onProgress({ status: `Status: Image is up to date for ${reference}` });
+      return h.images.get('busybox:latest');
+    };
+    try {
+      for (const query of [
+        'fromImage=127.0.0.1%3A5000%2Fbb',
+        'fromImage=127.0.0.1%3A5000%2Fbb&tag=',
+        'fromImage=127.0.0.1%3A5000%2Fbb&tag=v1',
+      ]) {
+        const reply = await request(h.socketPath, 'POST', `/v1.41/images/create?${query}`);
+        assert.equal(reply.status, 200, reply.text);
+      }
+      assert.deepEqual(seen, [
+        { reference: '127.0.0.1:5000/bb', allTags: true },
+        { reference: '127.0.0.1:5000/bb', allTags: true },
+        { reference: '127.0.0.1:5000/bb:v1', allTags: false },
+      ]);
+    } finally {
+      h.images.pull = original;
+    }
   });
 });
 

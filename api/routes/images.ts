@@ -1,5 +1,6 @@
 /**
- * Image routes: pull and import (POST /images/create), list, inspect, history, tag, rmi, prune,
+ * Image routes: pull (one tag, or all tags without `tag`) and import (from the body or a URL)
+ * (POST /images/create), list, inspect, history, tag, rmi, prune,
  * push, save (GET /images/get, /images/{name}/get) and load. Image names may contain "/" and ":"
  * unescaped in the path (`/images/127.0.0.1:5000/bb:v1/json`, `/images/127.0.0.1:5000/bb/push`):
  * routes use a catch-all parameter. Handlers parse, make one backend call and write; statuses
@@ -8,7 +9,7 @@
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { Router, type Request, type Response } from 'express';
-import { InvalidParameterError, NotImplementedError } from '../../common/errdefs';
+import { InvalidParameterError } from '../../common/errdefs';
 import type {
   HistoryEntry,
   ImageDeleteItem,
@@ -33,7 +34,7 @@ import { versionAtLeast } from '../version';
 export interface ImagesBackend {
   imagePull(
     reference: string,
-    options: { auth?: RegistryAuth; platform?: string; signal?: AbortSignal },
+    options: { auth?: RegistryAuth; platform?: string; allTags?: boolean; signal?: AbortSignal },
     onProgress: (p: PullProgress) => void,
   ): Promise<ImageRecord>;
   imageList(options: ImageListOptions): Promise<ImageSummary[]>;
@@ -123,6 +124,11 @@ function queryAll(req: Request, key: string): string[] {
   return values.filter((v): v is string => typeof v === 'string');
 }
 
+/** The body of a URL import: the request's own body is not read (as dockerd). */
+async function* noBody(): AsyncGenerator<Uint8Array> {
+  // nothing
+}
+
 /** An AbortSignal that fires when the client goes away before the response is complete. */
 function clientAbort(res: Response): AbortSignal {
   const abort = new AbortController();
@@ -172,10 +178,9 @@ export function createImagesRouter(backend: ImagesBackend): Router {
   router.post('/images/create', async (req, res) => {
     const fromSrc = queryString(req, 'fromSrc');
     if (fromSrc !== undefined && fromSrc !== '') {
-      if (fromSrc !== '-') {
-        throw new NotImplementedError('importing from a URL is not supported; send the tarball (fromSrc=-)');
-      }
       const options: ImportOptions = { signal: clientAbort(res) };
+      // Any other fromSrc is a URL the daemon downloads (dockerd ignores the body then).
+      if (fromSrc !== '-') options.url = fromSrc;
       const repository = queryString(req, 'repo');
       if (repository) options.repository = repository;
       const tag = queryString(req, 'tag');
@@ -185,19 +190,24 @@ export function createImagesRouter(backend: ImagesBackend): Router {
       const changes = queryAll(req, 'changes');
       if (changes.length > 0) options.changes = changes;
       await streamed(res, async (stream) => {
-        const image = await backend.imageImport(req as AsyncIterable<Uint8Array>, options);
+        options.onProgress = (p) => stream.write(p);
+        const body = fromSrc === '-' ? (req as AsyncIterable<Uint8Array>) : noBody();
+        const image = await backend.imageImport(body, options);
         stream.write({ status: image.id });
       });
       return;
     }
     const fromImage = queryString(req, 'fromImage') ?? '';
     if (fromImage === '') throw new InvalidParameterError('fromImage must be given');
-    const reference = pullReference(fromImage, queryString(req, 'tag'));
+    const tag = queryString(req, 'tag');
+    const reference = pullReference(fromImage, tag);
+    // As dockerd: no tag and a name without tag or digest pulls every tag (`docker pull -a`).
+    const allTags = tag === undefined || tag === '';
     const platform = queryString(req, 'platform') || undefined;
     const auth = decodeRegistryAuth(req.headers['x-registry-auth'] as string | undefined);
     const signal = clientAbort(res);
     await streamed(res, async (stream) => {
-      await backend.imagePull(reference, { auth, platform, signal }, (p) => stream.write(p));
+      await backend.imagePull(reference, { auth, platform, allTags, signal }, (p) => stream.write(p));
     });
   });
 

@@ -46,6 +46,8 @@ export class FakeRegistry {
   blobDelayMs = 0;
   /** Answer this many upload requests (PATCH / PUT of a blob) with 503 first. */
   failUploads = 0;
+  /** Page size of tag lists (0: one page). */
+  tagsPageSize = 0;
   /** Refuse cross-repository mounts (answer 202 with an upload session, as some registries do). */
   refuseMounts = false;
   private readonly repos = new Map<string, Repo>();
@@ -209,6 +211,8 @@ export class FakeRegistry {
       this.servePush(req, res, url);
       return;
     }
+    const tagList = /^\/v2\/(.+)\/tags\/list$/.exec(url.pathname);
+    if (tagList && req.method === 'GET') return this.serveTags(req, res, tagList[1] ?? '', url);
     const m = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/.exec(url.pathname);
     if (!m) {
       res.writeHead(404).end();
@@ -250,6 +254,24 @@ export class FakeRegistry {
       return;
     }
     this.sendBlob(res, ref, blob);
+  }
+
+  /** Tags (keys that are not digests), sorted, `tagsPageSize` per page with a Link to the next. */
+  private serveTags(req: http.IncomingMessage, res: http.ServerResponse, name: string, url: URL): void {
+    const scope = `repository:${name}:pull`;
+    if (!this.authorised(req, scope)) return this.deny(res, scope);
+    const repo = this.repos.get(name);
+    if (repo === undefined)
+      return errorResponse(res, 404, 'NAME_UNKNOWN', 'repository name not known to registry');
+    const all = [...repo.manifests.keys()].filter((k) => !k.startsWith('sha256:')).sort();
+    const last = url.searchParams.get('last');
+    const after = last === null ? all : all.filter((t) => t > last);
+    const page = this.tagsPageSize > 0 ? after.slice(0, this.tagsPageSize) : after;
+    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    if (page.length < after.length) {
+      headers.link = `</v2/${name}/tags/list?n=${this.tagsPageSize}&last=${page[page.length - 1] ?? ''}>; rel="next"`;
+    }
+    res.writeHead(200, headers).end(JSON.stringify({ name, tags: page }));
   }
 
   /** POST/PATCH/PUT: uploads, mounts, manifests (scope pull,push on the target repository). */
@@ -323,14 +345,16 @@ export class FakeRegistry {
       }
       if (manifest && req.method === 'PUT') {
         const mediaType = String(req.headers['content-type'] ?? '');
-        let doc: { config?: { digest?: string }; layers?: Array<{ digest?: string }> };
+        let doc: { config?: { digest?: string }; layers?: Array<{ digest?: string; urls?: unknown }> };
         try {
           doc = JSON.parse(data.toString('utf8')) as typeof doc;
         } catch {
           return errorResponse(res, 400, 'MANIFEST_INVALID', 'manifest invalid');
         }
         const repo = this.repo(name);
-        for (const d of [doc.config?.digest, ...(doc.layers ?? []).map((l) => l.digest)]) {
+        // As distribution: layers with URLs (foreign, non-distributable) need not be in the registry.
+        const local = (doc.layers ?? []).filter((l) => !Array.isArray(l.urls) || l.urls.length === 0);
+        for (const d of [doc.config?.digest, ...local.map((l) => l.digest)]) {
           if (d === undefined || !repo.blobs.has(d)) {
             return errorResponse(res, 400, 'MANIFEST_BLOB_UNKNOWN', 'blob unknown to registry');
           }

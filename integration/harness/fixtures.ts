@@ -16,6 +16,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
+import { gunzipSync } from 'node:zlib';
 import {
   buildImage,
   buildTar,
@@ -353,4 +354,190 @@ export async function pushMultiArch(
   });
   const indexDigest = await registryManifestDigest(registryHost, name, tag);
   return { reference, indexDigest, amd64, arm64 };
+}
+
+// ---------------------------------------------------------------------------------------------
+// large multi-layer (crash test, pull benchmark)
+
+export interface LargeImageOptions {
+  /** Number of layers (default 5). */
+  layers?: number;
+  /** Uncompressed bytes per layer, roughly (default 12 MiB). */
+  layerBytes?: number;
+  /** Seed for the deterministic content generator (default 1). */
+  seed?: number;
+}
+
+/** mulberry32: a small deterministic PRNG, so the same options give the same image bytes. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * File contents that compress about as real image layers do (≈ 2–3× overall with gzip -6): text
+ * made of words from a fixed vocabulary (config files, scripts, docs) and "object code" whose bytes
+ * follow a skewed distribution (binaries, shared libraries) — neither all zeros nor all random.
+ */
+function largeContent(next: () => number, size: number, text: boolean, vocabulary: string[]): Buffer {
+  if (text) {
+    const parts: string[] = [];
+    let length = 0;
+    while (length < size) {
+      const word = vocabulary[Math.floor(next() * next() * vocabulary.length)] ?? 'x';
+      const sep = next() < 0.08 ? '\n' : ' ';
+      parts.push(word, sep);
+      length += word.length + 1;
+    }
+    return Buffer.from(parts.join('')).subarray(0, size);
+  }
+  const out = Buffer.allocUnsafe(size);
+  for (let i = 0; i < size; i++) {
+    const r = next();
+    out[i] = Math.floor(256 * r * r * r * r);
+  }
+  return out;
+}
+
+/**
+ * A multi-layer image of tens of MiB with many files of mixed sizes (1 KiB–512 KiB, log-uniform)
+ * in nested directories, a symlink and a hardlink per layer, and an upper layer that replaces a
+ * few files of the one below. Deterministic for given options.
+ */
+export async function buildLargeImage(opts: LargeImageOptions = {}): Promise<BuiltImage> {
+  const count = opts.layers ?? 5;
+  const layerBytes = opts.layerBytes ?? 12 * 1024 * 1024;
+  const next = prng(opts.seed ?? 1);
+  const vocabulary: string[] = [];
+  for (let i = 0; i < 4000; i++) {
+    const len = 2 + Math.floor(next() * 10);
+    let w = '';
+    for (let j = 0; j < len; j++) w += String.fromCharCode(97 + Math.floor(next() * 26));
+    vocabulary.push(w);
+  }
+  const layers: Layer[] = [await busyboxLayer()];
+  for (let l = 0; l < count - 1; l++) {
+    const root = `opt/layer${l}/`;
+    const entries: FixtureEntry[] = [
+      { name: 'opt/', type: 'directory' },
+      { name: root, type: 'directory' },
+    ];
+    let total = 0;
+    let n = 0;
+    const files: string[] = [];
+    for (let d = 0; total < layerBytes; d++) {
+      const dir = `${root}d${d}/`;
+      entries.push({ name: dir, type: 'directory' });
+      for (let f = 0; f < 20 && total < layerBytes; f++, n++) {
+        const size = Math.floor(1024 * Math.pow(512, next()));
+        const text = next() < 0.7;
+        files.push(`${dir}f${f}${text ? '.txt' : '.so'}`);
+        entries.push({
+          name: files[files.length - 1] ?? '',
+          content: largeContent(next, size, text, vocabulary),
+          mode: text ? 0o644 : 0o755,
+        });
+        total += size;
+      }
+    }
+    entries.push({ name: `${root}first`, type: 'symlink', linkname: (files[0] ?? '').slice(root.length) });
+    entries.push({ name: `${root}hard`, type: 'link', linkname: files[1] ?? '' });
+    if (l > 0) {
+      // Replaces a file of the layer below.
+      entries.push({ name: `opt/layer${l - 1}/`, type: 'directory' });
+      entries.push({ name: `opt/layer${l - 1}/replaced`, content: `replaced by layer ${l}\n` });
+    }
+    entries.push({ name: `${root}replaced`, content: `layer ${l}\n` });
+    layers.push(gzipLayer(await buildTar(entries)));
+  }
+  return buildImage(layers, {
+    Env: [`PATH=${BUSYBOX_PATH}`],
+    Cmd: ['sh'],
+    Labels: { 'capsule.fixture': 'large' },
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// zstd
+
+export interface PushedZstd {
+  reference: string;
+  /** The image as built (plain tar layers: skopeo compresses them with zstd on the way). */
+  image: BuiltImage;
+  /** The manifest the registry serves (OCI, zstd layer media types and digests). */
+  manifest: {
+    layers: Array<{ mediaType: string; digest: string; size: number }>;
+    config: { digest: string };
+  };
+}
+
+/**
+ * Builds busybox plus a small second layer as plain tar layers and pushes it with
+ * `skopeo copy --dest-compress-format zstd`, so the registry holds real zstd-compressed blobs
+ * (`application/vnd.oci.image.layer.v1.tar+zstd`) made by another implementation than ours.
+ */
+export async function pushZstdImage(
+  registryHost: string,
+  name = 'zstd',
+  tag = 'latest',
+): Promise<PushedZstd> {
+  await requireCommand('skopeo', 'skopeo');
+  const busybox = await busyboxLayer();
+  const plainBusybox = plainLayer(zlibGunzip(busybox.blob));
+  const extra = plainLayer(
+    await buildTar([
+      { name: 'etc/', type: 'directory' },
+      { name: 'etc/zstd-marker', content: 'compressed with zstd\n'.repeat(1000) },
+    ]),
+  );
+  const image = buildImage([plainBusybox, extra], { Env: [`PATH=${BUSYBOX_PATH}`], Cmd: ['sh'] });
+  const reference = `${registryHost}/${name}:${tag}`;
+  await withTempDir(async (dir) => {
+    const layout = path.join(dir, 'layout');
+    await writeLayout(layout, [...image.layers.map((l) => l.blob), image.config], {
+      mediaType: OCI_MANIFEST,
+      bytes: image.manifest,
+    });
+    const policy = path.join(dir, 'policy.json');
+    await fs.writeFile(policy, JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }));
+    const args = [
+      '--policy',
+      policy,
+      'copy',
+      '--quiet',
+      '--dest-tls-verify=false',
+      '--format',
+      'oci',
+      '--dest-compress-format',
+      'zstd',
+      `oci:${layout}`,
+      `docker://${reference}`,
+    ];
+    try {
+      await execFileAsync('skopeo', args, { timeout: 120_000 });
+    } catch (err) {
+      const e = err as Error & { stderr?: string };
+      throw new Error(`skopeo copy (zstd) to ${reference} failed: ${(e.stderr ?? e.message).trim()}`, {
+        cause: err,
+      });
+    }
+  });
+  const { stdout } = await execFileAsync(
+    'skopeo',
+    ['inspect', '--raw', '--tls-verify=false', `docker://${reference}`],
+    {
+      timeout: 60_000,
+    },
+  );
+  return { reference, image, manifest: JSON.parse(stdout) as PushedZstd['manifest'] };
+}
+
+function zlibGunzip(data: Buffer): Buffer {
+  return gunzipSync(data);
 }

@@ -1,0 +1,223 @@
+/**
+ * `docker commit`: a container's writable layer becomes a new image layer on top of its image, as
+ * dockerd 20.10's CommitContainer makes it.
+ *
+ * The layer tar is read from the overlay upper dir with lstat only (never following a link the
+ * container made): overlay whiteouts (character device 0/0) become `.wh.<name>` entries, opaque
+ * directories (xattr trusted.overlay.opaque=y) get a `.wh..wh..opq` entry, hardlinked files after
+ * the first become link entries, sockets and device nodes are left out. The tar is stored in the
+ * content store (its digest is the diffID) and unpacked by the same safe extractor as pulled
+ * layers before the config and the image record are written and the tag set.
+ *
+ * The config has dockerd's layout for a commit: architecture, author, config (the container's
+ * config with the --change instructions applied), container, container_config, created,
+ * docker_version, history (the parent's, plus one entry), os, rootfs (the parent's diff_ids plus
+ * the new one); the image record keeps the parent id.
+ */
+import { execFile } from 'node:child_process';
+import { promises as fs, type Stats } from 'node:fs';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import * as tar from 'tar-stream';
+import { InvalidParameterError, SystemError } from '../common/errdefs';
+import { applyChanges } from './changes';
+import { goContainerConfig, goMarshal, goObject, goString } from './go-json';
+import type { ServiceContext } from './internals';
+import { goArch, goNow } from './internals';
+import { isValidTag, parseNormalizedNamed, referenceString, type Reference } from './reference';
+import type { ImageRecord, ImageRuntimeConfig } from './types';
+import { WHITEOUT_OPAQUE, WHITEOUT_PREFIX } from './unpack';
+
+const execFileAsync = promisify(execFile);
+
+export interface CommitRequest {
+  /** The container's image (the parent). */
+  parentId: string;
+  /** The writable layer's overlay upper dir. */
+  upperDir: string;
+  containerId: string;
+  /** The container's config (Docker's container.Config JSON shape). */
+  containerConfig: ImageRuntimeConfig;
+  /** The history entry's created_by: the container's command line. */
+  createdBy: string;
+  repository?: string;
+  tag?: string;
+  comment?: string;
+  author?: string;
+  changes?: string[];
+  /** The engine version for docker_version. */
+  dockerVersion: string;
+}
+
+export interface CommitPlan {
+  ref: Reference | undefined;
+  config: ImageRuntimeConfig;
+}
+
+/** Validates what dockerd checks before touching the container (its order and texts). */
+export function planCommit(request: CommitRequest): CommitPlan {
+  let ref: Reference | undefined;
+  if (request.repository !== undefined && request.repository !== '') {
+    ref = parseNormalizedNamed(request.repository);
+    if (ref.digest !== undefined) throw new InvalidParameterError('cannot commit to digest reference');
+    if (request.tag !== undefined && request.tag !== '') {
+      if (!isValidTag(request.tag)) throw new InvalidParameterError('invalid tag format');
+      ref = { domain: ref.domain, path: ref.path, tag: request.tag };
+    }
+    if (ref.tag === undefined) ref = { ...ref, tag: 'latest' };
+  }
+  const config = applyChanges(request.changes ?? [], structuredClone(request.containerConfig));
+  return { ref, config };
+}
+
+/** Directories under `upperDir` marked opaque, relative ("" never: the root is not a layer dir). */
+export async function opaqueDirs(upperDir: string): Promise<Set<string>> {
+  let stdout: string;
+  try {
+    ({ stdout } = await execFileAsync(
+      'getfattr',
+      ['-R', '-h', '--absolute-names', '-n', 'trusted.overlay.opaque', upperDir],
+      { maxBuffer: 64 * 1024 * 1024, timeout: 60_000 },
+    ));
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { stdout?: string };
+    if (e.code === 'ENOENT')
+      throw new SystemError('getfattr not found: install it (Debian: attr)', { cause: err });
+    // Exit status 1: some files lack the attribute (reported on stderr); stdout has the rest.
+    stdout = e.stdout ?? '';
+  }
+  const found = new Set<string>();
+  let file: string | undefined;
+  for (const line of stdout.split('\n')) {
+    if (line.startsWith('# file: ')) {
+      file = line
+        .slice('# file: '.length)
+        .replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+    } else if (file !== undefined && /^trusted\.overlay\.opaque="?y"?$/.test(line.trim())) {
+      const rel = path.relative(upperDir, file);
+      if (rel !== '' && !rel.startsWith('..')) found.add(rel.split(path.sep).join('/'));
+    }
+  }
+  return found;
+}
+
+function isWhiteout(st: Stats): boolean {
+  return st.isCharacterDevice() && st.rdev === 0;
+}
+
+function addEntry(pack: tar.Pack, header: Partial<tar.Header> & { name: string }): Promise<void> {
+  return new Promise((resolve, reject) => pack.entry(header, (err) => (err ? reject(err) : resolve())));
+}
+
+/** The layer tar of an overlay upper dir (see the file comment); read with lstat only. */
+export function upperDirLayer(upperDir: string, opaque: ReadonlySet<string>): AsyncIterable<Buffer> {
+  const pack = tar.pack();
+  const inodes = new Map<string, string>();
+  const walk = async (rel: string): Promise<void> => {
+    const names = (await fs.readdir(path.join(upperDir, rel))).sort();
+    if (rel !== '' && opaque.has(rel)) {
+      await addEntry(pack, { name: `${rel}/${WHITEOUT_OPAQUE}`, size: 0, mode: 0o644, mtime: new Date(0) });
+    }
+    for (const name of names) {
+      const childRel = rel === '' ? name : `${rel}/${name}`;
+      const abs = path.join(upperDir, childRel);
+      const st = await fs.lstat(abs);
+      const base = { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: st.mtime };
+      if (isWhiteout(st)) {
+        const whiteout = rel === '' ? `${WHITEOUT_PREFIX}${name}` : `${rel}/${WHITEOUT_PREFIX}${name}`;
+        await addEntry(pack, { name: whiteout, size: 0, mode: 0o600, mtime: st.mtime });
+      } else if (st.isDirectory()) {
+        await addEntry(pack, { ...base, name: `${childRel}/`, type: 'directory' });
+        await walk(childRel);
+      } else if (st.isSymbolicLink()) {
+        await addEntry(pack, { ...base, name: childRel, type: 'symlink', linkname: await fs.readlink(abs) });
+      } else if (st.isFIFO()) {
+        await addEntry(pack, { ...base, name: childRel, type: 'fifo' });
+      } else if (st.isFile()) {
+        const key = `${st.dev}:${st.ino}`;
+        const first = st.nlink > 1 ? inodes.get(key) : undefined;
+        if (first !== undefined) {
+          await addEntry(pack, { ...base, name: childRel, type: 'link', linkname: first });
+          continue;
+        }
+        if (st.nlink > 1) inodes.set(key, childRel);
+        // Read whole (O_NOFOLLOW through the path just lstat'ed): layers of a commit are small.
+        const handle = await fs.open(abs, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+        let data: Buffer;
+        try {
+          data = await handle.readFile();
+        } finally {
+          await handle.close();
+        }
+        await new Promise<void>((resolve, reject) =>
+          pack.entry({ ...base, name: childRel, type: 'file', size: data.length }, data, (err) =>
+            err ? reject(err) : resolve(),
+          ),
+        );
+      }
+      // Sockets and device nodes are not layer content.
+    }
+  };
+  walk('').then(
+    () => pack.finalize(),
+    (err: unknown) => pack.destroy(err instanceof Error ? err : new Error(String(err))),
+  );
+  return pack as unknown as AsyncIterable<Buffer>;
+}
+
+/** Commits; the caller has entered the content gate. Returns the new image id. */
+export async function commitImage(
+  ctx: ServiceContext,
+  plan: CommitPlan,
+  request: CommitRequest,
+): Promise<string> {
+  const parent = await ctx.loadConfig(request.parentId);
+  const parentMeta = ctx.images.getImage(request.parentId);
+  const opaque = await opaqueDirs(request.upperDir);
+  const { digest: diffID } = await ctx.content.ingestComputed(upperDirLayer(request.upperDir, opaque));
+  const layer = await ctx.layers.unpack(diffID, ctx.content.blobPath(diffID), diffID);
+  const created = goNow();
+  const historyEntry: Array<[string, string]> = [['created', goString(created)]];
+  if (request.author) historyEntry.push(['author', goString(request.author)]);
+  historyEntry.push(['created_by', goString(request.createdBy)]);
+  if (request.comment) historyEntry.push(['comment', goString(request.comment)]);
+  const history = [...(parent.history ?? []).map((h) => goMarshal(h)), goObject(historyEntry)];
+  const fields: Array<[string, string]> = [['architecture', goString(parent.architecture || goArch())]];
+  if (request.author) fields.push(['author', goString(request.author)]);
+  fields.push(
+    ['config', goContainerConfig(plan.config)],
+    ['container', goString(request.containerId)],
+    ['container_config', goContainerConfig(request.containerConfig)],
+    ['created', goString(created)],
+    ['docker_version', goString(request.dockerVersion)],
+    ['history', `[${history.join(',')}]`],
+    ['os', goString(parent.os || 'linux')],
+    [
+      'rootfs',
+      goObject([
+        ['type', goString('layers')],
+        ['diff_ids', goMarshal([...parent.rootfs.diff_ids, diffID])],
+      ]),
+    ],
+  );
+  const { digest: id } = await ctx.content.ingestComputed([Buffer.from(goObject(fields), 'utf8')]);
+  await ctx.images.putImage({
+    id,
+    diffIDs: [...parent.rootfs.diff_ids, diffID],
+    size: (parentMeta?.size ?? 0) + layer.size,
+    parent: request.parentId,
+    storedAt: new Date().toISOString(),
+  });
+  if (plan.ref !== undefined) {
+    await ctx.images.setRefs([referenceString(plan.ref)], id);
+    await ctx.images.updateImage(id, { lastTagTime: new Date().toISOString() });
+  }
+  ctx.log.info('committed', { id, container: request.containerId });
+  return id;
+}
+
+/** What the daemon needs to commit: ImageService.commit. */
+export interface ImageCommitter {
+  /** Registers the image made from the container's writable layer; returns its record. */
+  commit(request: CommitRequest): Promise<ImageRecord>;
+}
