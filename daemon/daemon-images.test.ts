@@ -49,11 +49,13 @@ describe('image events', () => {
     });
     await ops.pull('docker.io/library/busybox', {}, () => undefined);
     await ops.pull('127.0.0.1:5000/x/y:2', {}, () => undefined);
+    await ops.pull('busybox', { allTags: true }, () => undefined); // docker pull -a: the repository alone
     assert.deepEqual(
       seen.map((e) => [e.type, e.action, e.actor.id, e.actor.attributes.name]),
       [
         ['image', 'pull', 'busybox:latest', 'busybox'],
         ['image', 'pull', '127.0.0.1:5000/x/y:2', '127.0.0.1:5000/x/y'],
+        ['image', 'pull', 'busybox', 'busybox'],
       ],
     );
   });

@@ -66,9 +66,14 @@ export interface DaemonImagesDeps {
 }
 
 /** The reference shown in pull and push events: familiar, with the default tag. */
-function eventRef(reference: string): { id: string; name: string } | undefined {
+function eventRef(reference: string, allTags = false): { id: string; name: string } | undefined {
   try {
-    const ref = tagNameOnly(parseNormalizedNamed(reference));
+    const named = parseNormalizedNamed(reference.endsWith(':') ? reference.slice(0, -1) : reference);
+    // `docker pull -a`: dockerd names the repository alone.
+    if (allTags && named.tag === undefined && named.digest === undefined) {
+      return { id: familiarName(named), name: familiarName(named) };
+    }
+    const ref = tagNameOnly(named);
     return { id: familiarString(ref), name: familiarName(ref) };
   } catch {
     return undefined;
@@ -92,7 +97,7 @@ export class DaemonImages {
     onProgress: (p: PullProgress) => void,
   ): Promise<ImageRecord> {
     const image = await this.images.pull(reference, options, onProgress);
-    const ref = eventRef(reference);
+    const ref = eventRef(reference, options.allTags === true);
     this.publish('pull', ref?.id ?? reference, ref?.name ?? reference);
     return image;
   }
