@@ -14,15 +14,22 @@ import express from 'express';
 import { messageOf } from '../common/errdefs';
 import type { Logger } from '../common/logger';
 import { errorHandler, notFoundHandler } from './errors';
+import { createArchiveRouter, type ContainerArchiveBackend } from './routes/archive';
 import { createAuthRouter, type AuthBackend } from './routes/auth';
 import { createContainersRouter, type ContainersBackend } from './routes/containers';
+import { createExecRouter, type ExecBackend } from './routes/exec';
 import { createImagesRouter, type ImagesBackend } from './routes/images';
 import { createSystemRouter, type SystemBackend } from './routes/system';
 import { isHijacked, markUpgrade, readUpgradeBody } from './streams/hijack';
 import { identityHeaders, versionPrefix } from './version';
 
 /** Everything the API needs from the daemon: the union of the routers' narrow backends. */
-export type ApiBackend = SystemBackend & ContainersBackend & ImagesBackend & AuthBackend;
+export type ApiBackend = SystemBackend &
+  ContainersBackend &
+  ExecBackend &
+  ContainerArchiveBackend &
+  ImagesBackend &
+  AuthBackend;
 
 export function createApp(backend: ApiBackend, log: Logger): express.Express {
   const app = express();
@@ -37,6 +44,8 @@ export function createApp(backend: ApiBackend, log: Logger): express.Express {
   });
   app.use(createSystemRouter(backend));
   app.use(createContainersRouter(backend, log));
+  app.use(createExecRouter(backend, log));
+  app.use(createArchiveRouter(backend));
   app.use(createImagesRouter(backend));
   app.use(createAuthRouter(backend));
   app.use(notFoundHandler());

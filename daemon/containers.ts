@@ -33,7 +33,8 @@ import {
 } from '../common/errdefs';
 import type { Logger } from '../common/logger';
 import type { ImageRecord, ImageService } from '../images/types';
-import type { RunningSandbox, SandboxRuntime, SandboxSpec } from '../runtime/types';
+import { checkStartOptions, validateContainerOptions } from '../runtime/oci-spec';
+import type { ContainerOptions, RunningSandbox, SandboxRuntime, SandboxSpec } from '../runtime/types';
 import { AttachHub } from './attach';
 import { EventsBus } from './events';
 import { filterContainers, matchKVList, validateFilterKeys } from './filters';
@@ -50,6 +51,7 @@ import {
   validateLogOptions,
 } from './logs';
 import { commandOf, mergeImageConfig, processEnv } from './merge';
+import { PortAllocator, portMapOf, portRequestsOf, type PublishedPort } from './ports';
 import {
   RestartBackoff,
   isNoRestart,
@@ -165,9 +167,25 @@ interface Live {
   keepOnExit: boolean;
   /** clock.now() when the current run started (the backoff resets after a long run). */
   runStartedMs: number;
+  /** Host ports published for the current run (held in the PortAllocator until it ends). */
+  published?: PublishedPort[];
 }
 
 type StartMode = 'manual' | 'policy';
+
+/** A container's filesystem as withFilesystem offers it. */
+export interface ContainerFilesystem {
+  record: ContainerRecord;
+  containerLayerDir: string;
+  /** The writable layer's overlay upper dir (diff, commit read it with lstat only). */
+  upperDir: string;
+  /** Set while the container runs: its filesystem is reached through the guest agent. */
+  sandbox?: RunningSandbox;
+  /** The image's layer dirs, lowest first (the overlay's lower dirs). */
+  layerDirs: string[];
+  /** Where private mounts may go. */
+  execRoot: string;
+}
 
 export interface ContainerServiceOptions {
   store: ContainerStore;
@@ -179,6 +197,8 @@ export interface ContainerServiceOptions {
   execRoot: string;
   /** Restart backoff time; the system clock unless a test injects one. */
   clock?: RestartClock;
+  /** Host port allocation; a fresh one unless a test injects one. */
+  ports?: PortAllocator;
 }
 
 function withinMs(promise: Promise<unknown>, ms: number): Promise<boolean> {
@@ -234,6 +254,7 @@ export class ContainerService {
   private readonly log: Logger;
   private readonly execRoot: string;
   private readonly clock: RestartClock;
+  private readonly ports: PortAllocator;
   private shuttingDown = false;
   private pruning = false;
   private restored: Promise<void> = Promise.resolve();
@@ -246,6 +267,7 @@ export class ContainerService {
     this.log = options.log;
     this.execRoot = options.execRoot;
     this.clock = options.clock ?? systemClock;
+    this.ports = options.ports ?? new PortAllocator();
   }
 
   /**
@@ -327,11 +349,13 @@ export class ContainerService {
   }
 
   private view(record: ContainerRecord, imageName?: string): ContainerView {
+    const published = record.state.running ? this.live.get(record.id)?.published : undefined;
     return {
       ...record,
       status: statusOf(record.state),
       imageName: imageName ?? record.config.image,
       logPath: this.store.logPathOf(record.id),
+      ports: record.state.running ? portMapOf(record.config, record.hostConfig, published ?? []) : {},
     };
   }
 
@@ -397,6 +421,8 @@ export class ContainerService {
     const merged = mergeImageConfig(config, image.config.config);
     if (merged.hostname === '') merged.hostname = shortId(id);
     const { path: cmdPath, args } = commandOf(merged);
+    portRequestsOf(merged, hostConfig); // dockerd's port specification checks (400)
+    validateContainerOptions(containerOptionsOf(hostConfig));
     // dockerd checks log options once it has the image, the rest before.
     validateLogOptions(hostConfig.logConfig.config);
 
@@ -533,8 +559,15 @@ export class ContainerService {
           this.store.logPathOf(id),
           parseLogOptions(record.hostConfig.logConfig.config),
         );
-        sandbox = await this.runtime.start(await this.sandboxSpec(record));
+        live.published = await this.ports.allocate(
+          id,
+          record.name.slice(1),
+          portRequestsOf(record.config, record.hostConfig),
+        );
+        sandbox = await this.runtime.start(await this.sandboxSpec(record, live.published));
       } catch (err) {
+        this.ports.release(id);
+        live.published = undefined;
         live.starting = false;
         const carried = (err as { exitCode?: unknown }).exitCode;
         const exitCode = typeof carried === 'number' ? carried : 128;
@@ -588,6 +621,8 @@ export class ContainerService {
         .catch(async (err: unknown) => {
           live.starting = false;
           await sandbox.destroy().catch(() => undefined);
+          this.ports.release(id);
+          live.published = undefined;
           throw err;
         });
       live.starting = false;
@@ -611,7 +646,7 @@ export class ContainerService {
     }
   }
 
-  private async sandboxSpec(record: ContainerRecord): Promise<SandboxSpec> {
+  private async sandboxSpec(record: ContainerRecord, published: PublishedPort[]): Promise<SandboxSpec> {
     const image = await this.images.get(record.imageId).catch((err: unknown) => {
       throw new NotFoundError(`No such image: ${record.imageId}`, { cause: err });
     });
@@ -620,6 +655,8 @@ export class ContainerService {
     const runDir = path.join(this.execRoot, record.id.slice(0, 12));
     await fs.mkdir(runDir, { recursive: true, mode: 0o700 });
     const memory = record.hostConfig.memory;
+    const options = containerOptionsOf(record.hostConfig);
+    checkStartOptions(options); // dockerd's start errors, before a VM is taken
     return {
       containerId: record.id,
       hostname: record.config.hostname,
@@ -641,6 +678,13 @@ export class ContainerService {
             ? Math.max(1, Math.ceil(record.hostConfig.nanoCpus / 1e9))
             : DEFAULT_VCPUS,
       },
+      options,
+      portForwards: published.map((p) => ({
+        proto: p.proto,
+        hostAddr: p.hostIp,
+        hostPort: p.hostPort,
+        guestPort: p.containerPort,
+      })),
     };
   }
 
@@ -668,6 +712,9 @@ export class ContainerService {
     }
     await pump;
     await writer?.endRun();
+    // The VM is gone (exited resolves after it): its host ports are free again.
+    this.ports.release(id);
+    live.published = undefined;
 
     const runMs = this.clock.now() - live.runStartedMs;
     let record: ContainerRecord | undefined;
@@ -765,15 +812,29 @@ export class ContainerService {
    * signal (any signal when none is configured) the current run is not restarted.
    */
   private async noteUserSignal(record: ContainerRecord, live: Live, signal: number): Promise<void> {
-    let stopSignal: number | undefined;
-    try {
-      stopSignal = record.config.stopSignal !== '' ? parseSignal(record.config.stopSignal) : undefined;
-    } catch {
-      stopSignal = undefined;
-    }
-    if (stopSignal === undefined || signal === SIGKILL || signal === stopSignal) live.backoff.cancel();
+    if (endsRun(record, signal)) live.backoff.cancel();
     if (this.shuttingDown || record.hasBeenManuallyStopped) return;
     await this.store.update(record.id, (r) => (r.hasBeenManuallyStopped = true)).catch(() => undefined);
+  }
+
+  /**
+   * dockerd's killWithSignal on a paused container: a signal that ends the run (see endsRun)
+   * resumes it, with the `unpause` event its resume brings. Other signals stay pending until an
+   * unpause; the VM cannot take them while stopped, so they are sent in the background.
+   */
+  private async resumeForSignal(record: ContainerRecord, run: Run, signal: number): Promise<boolean> {
+    if (!this.store.get(record.id)?.state.paused) return true;
+    if (!endsRun(record, signal)) return false;
+    await run.sandbox
+      .resume()
+      .catch((err: unknown) =>
+        this.log.warn('cannot unpause the container', { id: record.id, error: messageOf(err) }),
+      );
+    const updated = await this.store
+      .update(record.id, (r) => (r.state.paused = false))
+      .catch(() => undefined);
+    if (updated) this.publish(updated, 'unpause');
+    return true;
   }
 
   async stop(ref: string, options: StopOptions = {}): Promise<void> {
@@ -798,10 +859,12 @@ export class ContainerService {
       this.publish(record, 'stop');
       return;
     }
+    const delivered = await this.resumeForSignal(record, run, signal);
     this.publish(record, 'kill', { signal: String(signal) });
-    await run.sandbox
+    const sent = run.sandbox
       .signal(signal)
       .catch((err: unknown) => this.log.debug('stop signal failed', { error: String(err) }));
+    if (delivered) await sent;
     const stopped = timeoutS < 0 ? (await run.ended, true) : await withinMs(run.ended, timeoutS * 1000);
     if (!stopped) {
       this.log.info('container did not stop in time; killing it', { id: record.id, timeoutS });
@@ -841,8 +904,16 @@ export class ContainerService {
         if (live.backoff.cancelled) await this.cancelPendingRestart(record.id, live);
         return;
       }
+      const delivered = await this.resumeForSignal(record, run, signal);
       if (signal === SIGKILL) {
         await this.forceKill(record, run);
+      } else if (!delivered) {
+        this.publish(record, 'kill', { signal: String(signal) });
+        void run.sandbox
+          .signal(signal)
+          .catch((err: unknown) =>
+            this.log.warn('signal to a paused container failed', { error: messageOf(err) }),
+          );
       } else {
         this.publish(record, 'kill', { signal: String(signal) });
         await run.sandbox.signal(signal);
@@ -866,6 +937,48 @@ export class ContainerService {
     }
     await this.start(record.id);
     this.publish(this.store.get(record.id) ?? record, 'restart');
+  }
+
+  // ---- pause, unpause --------------------------------------------------------------------------
+
+  /** docker pause: the whole VM stops (QMP stop); dockerd's checks and texts (409). */
+  async pause(ref: string): Promise<void> {
+    const { id } = this.store.resolve(ref);
+    const record = await this.store.withLock(id, async () => {
+      const current = this.store.get(id);
+      if (!current) throw new NotFoundError(`No such container: ${ref}`);
+      const run = this.live.get(id)?.run;
+      if (!current.state.running) throw new ConflictError(`Container ${id} is not running`);
+      if (current.state.paused) throw new ConflictError(`Container ${id} is already paused`);
+      if (current.state.restarting || !run) {
+        throw new ConflictError(`Container ${id} is restarting, wait until the container is running`);
+      }
+      try {
+        await run.sandbox.pause();
+      } catch (err) {
+        throw new SystemError(`Cannot pause container ${id}: ${messageOf(err)}`, { cause: err });
+      }
+      return this.store.updateLocked(id, (r) => (r.state.paused = true));
+    });
+    this.publish(record, 'pause');
+  }
+
+  /** docker unpause: the VM runs again (QMP cont). */
+  async unpause(ref: string): Promise<void> {
+    const { id } = this.store.resolve(ref);
+    const record = await this.store.withLock(id, async () => {
+      const current = this.store.get(id);
+      if (!current) throw new NotFoundError(`No such container: ${ref}`);
+      const run = this.live.get(id)?.run;
+      if (!current.state.paused || !run) throw new ConflictError(`Container ${id} is not paused`);
+      try {
+        await run.sandbox.resume();
+      } catch (err) {
+        throw new SystemError(`Cannot unpause container ${id}: ${messageOf(err)}`, { cause: err });
+      }
+      return this.store.updateLocked(id, (r) => (r.state.paused = false));
+    });
+    this.publish(record, 'unpause');
   }
 
   async resize(ref: string, height: number, width: number): Promise<void> {
@@ -949,9 +1062,11 @@ export class ContainerService {
     const record = this.store.get(resolved.id) ?? resolved;
     if (live.run || live.pendingRestart || record.state.running) {
       if (!options.force) {
+        const state = statusOf(record.state);
+        const procedure = 'Stop the container before attempting removal or force remove';
         throw new ConflictError(
-          `You cannot remove a ${statusOf(record.state)} container ${record.id}. ` +
-            'Stop the container before attempting removal or force remove',
+          `You cannot remove a ${state} container ${record.id}. ` +
+            (state === 'paused' ? `Unpause and then ${procedure.toLowerCase()}` : procedure),
         );
       }
     }
@@ -1060,6 +1175,31 @@ export class ContainerService {
   }
 
   // ---- attach ---------------------------------------------------------------------------------
+
+  // ---- exec, top, stats (daemon/exec.ts, daemon/top-stats.ts) ------------------------------------
+
+  /**
+   * The running container an exec, top or stats goes to, as dockerd's getActiveContainer: NotFound,
+   * else Conflict when it is paused, restarting or not running.
+   */
+  execTarget(ref: string): { id: string; sandbox: RunningSandbox; config: ContainerRecord['config'] } {
+    const record = this.store.resolve(ref);
+    if (record.state.paused) {
+      throw new ConflictError(`Container ${record.id} is paused, unpause the container before exec`);
+    }
+    if (record.state.restarting) {
+      throw new ConflictError(`Container ${record.id} is restarting, wait until the container is running`);
+    }
+    const run = this.live.get(record.id)?.run;
+    if (!record.state.running || !run) throw new ConflictError(`Container ${record.id} is not running`);
+    return { id: record.id, sandbox: run.sandbox, config: record.config };
+  }
+
+  /** A container event (exec_create …) with the container's attributes and `extra`. */
+  publishContainerEvent(containerId: string, action: string, extra: Record<string, string>): void {
+    const record = this.store.get(containerId);
+    if (record) this.publish(record, action, extra);
+  }
 
   attach(ref: string, options: AttachOptions): AttachSession {
     const record = this.store.resolve(ref);
@@ -1172,6 +1312,38 @@ export class ContainerService {
     return { tty: record.config.tty, entries: entries() };
   }
 
+  // ---- filesystem access (cp, export, diff, commit: daemon/archive.ts, daemon/commit.ts) -------
+
+  /**
+   * Runs `fn` with the container's filesystem under the container lock, so no start, exit
+   * bookkeeping or removal overlaps it (dockerd holds the container lock for archive calls too):
+   * a running container's sandbox, or, when it is not running, what is needed to mount its
+   * overlay privately on the host. `fn` must finish its work (a stream included) before it resolves.
+   */
+  async withFilesystem<T>(ref: string, fn: (fs: ContainerFilesystem) => Promise<T>): Promise<T> {
+    const { id } = this.store.resolve(ref);
+    return this.store.withLock(id, async () => {
+      const record = this.store.get(id);
+      if (!record) throw new NotFoundError(`No such container: ${ref}`);
+      const live = this.liveOf(id);
+      if (live.removal || record.state.removalInProgress) {
+        throw new ConflictError(`You cannot access a container that is being removed: ${ref}`);
+      }
+      const containerLayerDir = this.store.layerDirOf(id);
+      const base = { record, containerLayerDir, upperDir: path.join(containerLayerDir, 'upper') };
+      const image = await this.images.get(record.imageId).catch((err: unknown) => {
+        throw new NotFoundError(`No such image: ${record.imageId}`, { cause: err });
+      });
+      const layerDirs = await this.images.layerDirs(image);
+      return fn({
+        ...base,
+        layerDirs,
+        execRoot: this.execRoot,
+        ...(live.run ? { sandbox: live.run.sandbox } : {}),
+      });
+    });
+  }
+
   // ---- shutdown -------------------------------------------------------------------------------
 
   /**
@@ -1202,6 +1374,49 @@ export class ContainerService {
 
 function numberOr0(v: unknown): number {
   return typeof v === 'number' ? v : 0;
+}
+
+/** The HostConfig fields the OCI spec applies in the VM, read from the wire fields kept verbatim. */
+export function containerOptionsOf(hostConfig: HostConfig): ContainerOptions {
+  const p = hostConfig.passthrough;
+  const strings = (v: unknown): string[] =>
+    Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
+  const tmpfs: Record<string, string> = {};
+  if (p.Tmpfs && typeof p.Tmpfs === 'object' && !Array.isArray(p.Tmpfs)) {
+    for (const [dest, opts] of Object.entries(p.Tmpfs as Record<string, unknown>)) {
+      tmpfs[dest] = typeof opts === 'string' ? opts : '';
+    }
+  }
+  const ulimits = Array.isArray(p.Ulimits)
+    ? (p.Ulimits as unknown[]).map((u) => {
+        const o = (u ?? {}) as Record<string, unknown>;
+        return { name: String(o.Name ?? ''), soft: Number(o.Soft ?? 0), hard: Number(o.Hard ?? 0) };
+      })
+    : [];
+  return {
+    readonlyRootfs: p.ReadonlyRootfs === true,
+    shmSizeBytes: typeof p.ShmSize === 'number' ? p.ShmSize : 0,
+    tmpfs,
+    capAdd: strings(p.CapAdd),
+    capDrop: strings(p.CapDrop),
+    privileged: p.Privileged === true,
+    ulimits,
+    init: p.Init === true,
+  };
+}
+
+/**
+ * Whether a user's signal ends the run as dockerd counts it (killWithSignal's ExitOnNext): SIGKILL,
+ * the container's stop signal, or any signal when none is configured.
+ */
+function endsRun(record: ContainerRecord, signal: number): boolean {
+  let stopSignal: number | undefined;
+  try {
+    stopSignal = record.config.stopSignal !== '' ? parseSignal(record.config.stopSignal) : undefined;
+  } catch {
+    stopSignal = undefined;
+  }
+  return stopSignal === undefined || signal === SIGKILL || signal === stopSignal;
 }
 
 /** dockerd's verifyContainerResources checks that apply to a VM (create and update). */

@@ -10,10 +10,22 @@ import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 import { writeFileAtomic } from '../common/atomic-write';
 import type { Logger } from '../common/logger';
+import type { ImageCommitter } from '../images/commit';
 import type { ImageManagementService, PullOptions, PushOptions, RegistryAuth } from '../images/types';
 import type { SandboxRuntime } from '../runtime/types';
 import type { DaemonConfig } from './config';
+import {
+  clearStaleArchiveMounts,
+  ContainerArchive,
+  type ArchiveResult,
+  type ExtractOptions as ArchiveExtractOptions,
+  type FilesystemChange,
+  type PathStatView,
+} from './archive';
+import { ContainerCommitter, type CommitOptions } from './commit';
 import { ContainerService, RUNTIME_NAME } from './containers';
+import { ExecService, type ExecCreateOptions, type ExecStreams, type ExecView } from './exec';
+import { ContainerMonitor, type StatsSample, type TopResult } from './top-stats';
 import {
   DaemonImages,
   type DiskUsage,
@@ -63,7 +75,7 @@ import type {
 export interface DaemonOptions {
   config: DaemonConfig;
   log: Logger;
-  images: ImageManagementService;
+  images: ImageManagementService & ImageCommitter;
   runtime: SandboxRuntime;
 }
 
@@ -89,17 +101,31 @@ export interface EventSubscription {
 
 export class Daemon {
   private readonly hostOs = osRelease();
+  private readonly archive: ContainerArchive;
+  private readonly committer: ContainerCommitter;
+  private readonly execs: ExecService;
+  private readonly monitor: ContainerMonitor;
 
   constructor(
     readonly config: DaemonConfig,
     private readonly log: Logger,
-    private readonly images: ImageManagementService,
+    private readonly images: ImageManagementService & ImageCommitter,
     private readonly runtime: SandboxRuntime,
     private readonly containers: ContainerService,
     private readonly events: EventsBus,
     private readonly engineId: string,
     private readonly imageOps: DaemonImages,
-  ) {}
+  ) {
+    this.archive = new ContainerArchive(containers, log.child({ component: 'archive' }));
+    this.committer = new ContainerCommitter(
+      containers,
+      images,
+      CAPSULE_VERSION,
+      log.child({ component: 'commit' }),
+    );
+    this.execs = new ExecService(containers, log.child({ component: 'exec' }));
+    this.monitor = new ContainerMonitor(containers);
+  }
 
   // ---- containers -----------------------------------------------------------------------------
 
@@ -108,7 +134,8 @@ export class Daemon {
   }
 
   containerInspect(ref: string): ContainerView {
-    return this.containers.inspect(ref);
+    const view = this.containers.inspect(ref);
+    return { ...view, execIds: this.execs.execIdsOf(view.id) };
   }
 
   containerList(options: ListContainersOptions): Promise<ContainerView[]> {
@@ -131,8 +158,52 @@ export class Daemon {
     return this.containers.kill(ref, signal);
   }
 
-  containerRemove(ref: string, options: RemoveOptions): Promise<void> {
-    return this.containers.remove(ref, options);
+  containerPause(ref: string): Promise<void> {
+    return this.containers.pause(ref);
+  }
+
+  containerUnpause(ref: string): Promise<void> {
+    return this.containers.unpause(ref);
+  }
+
+  async containerRemove(ref: string, options: RemoveOptions): Promise<void> {
+    const { id } = this.containers.inspect(ref);
+    await this.containers.remove(ref, options);
+    this.execs.forgetContainer(id);
+  }
+
+  // ---- exec, top, stats -----------------------------------------------------------------------
+
+  containerExecCreate(ref: string, options: ExecCreateOptions): string {
+    return this.execs.create(ref, options);
+  }
+
+  execExists(id: string): void {
+    this.execs.exists(id);
+  }
+
+  execStart(id: string, streams?: ExecStreams): Promise<void> {
+    return this.execs.start(id, streams);
+  }
+
+  execInspect(id: string): ExecView {
+    return this.execs.inspect(id);
+  }
+
+  execResize(id: string, height: number, width: number): void {
+    this.execs.resize(id, height, width);
+  }
+
+  containerTop(ref: string): Promise<TopResult> {
+    return this.monitor.top(ref);
+  }
+
+  containerStats(
+    ref: string,
+    options: { stream: boolean; oneShot: boolean },
+    signal?: AbortSignal,
+  ): AsyncGenerator<StatsSample> {
+    return this.monitor.stats(ref, options, signal);
   }
 
   containerWait(ref: string, condition: WaitCondition): WaitHandle {
@@ -161,6 +232,38 @@ export class Daemon {
 
   containerPrune(filters: FilterArgs): Promise<PruneContainersResult> {
     return this.containers.prune(filters);
+  }
+
+  // ---- filesystem: cp, export, diff (daemon/archive.ts) --------------------------------------
+
+  containerStatPath(ref: string, p: string): Promise<PathStatView> {
+    return this.archive.statPath(ref, p);
+  }
+
+  containerArchive(ref: string, p: string): Promise<ArchiveResult> {
+    return this.archive.archive(ref, p);
+  }
+
+  containerExtract(
+    ref: string,
+    p: string,
+    tar: AsyncIterable<Uint8Array>,
+    options: ArchiveExtractOptions,
+  ): Promise<void> {
+    return this.archive.extract(ref, p, tar, options);
+  }
+
+  containerExport(ref: string): Promise<Readable> {
+    return this.archive.export(ref);
+  }
+
+  containerChanges(ref: string): Promise<FilesystemChange[]> {
+    return this.archive.changes(ref);
+  }
+
+  /** docker commit (daemon/commit.ts): returns the new image id. */
+  containerCommit(options: CommitOptions): Promise<string> {
+    return this.committer.commit(options);
   }
 
   // ---- images (daemon-images.ts: events, in-use checks, login) ------------------------------
@@ -329,6 +432,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     log: log.child({ component: 'containers' }),
     execRoot: config.execRoot,
   });
+  await clearStaleArchiveMounts(config.execRoot, log);
   await containers.init();
   const engineId = await loadEngineId(config.dataRoot);
   const imageLog = log.child({ component: 'images' });

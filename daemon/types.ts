@@ -134,9 +134,16 @@ export interface ContainerRecord {
 /** A container as the API sees it: the record plus derived and host-side facts. */
 export interface ContainerView extends ContainerRecord {
   status: ContainerStatus;
+  /** Execs created or running in the container (inspect's ExecIDs); unset in listings. */
+  execIds?: string[];
   /** For listings: the image name as created, or its id once that name points elsewhere. */
   imageName: string;
   logPath: string;
+  /**
+   * NetworkSettings.Ports: while running, every exposed or published port ("80/tcp") with its
+   * host bindings (HostIp "0.0.0.0" when none was given), or null when not published; else empty.
+   */
+  ports: Record<string, PortBinding[] | null>;
   /** Writable-layer size in bytes, only when asked for (`size=1`). */
   sizeRw?: number;
   sizeRootFs?: number;

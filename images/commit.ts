@@ -30,6 +30,13 @@ import { WHITEOUT_OPAQUE, WHITEOUT_PREFIX } from './unpack';
 
 const execFileAsync = promisify(execFile);
 
+/**
+ * Top-level dirs the OCI runtime mounts over in every container (and creates when the image lacks
+ * them). dockerd never sees them in a writable layer — its init layer and mounts hide them — so
+ * `docker diff` and `docker commit` leave them out here too.
+ */
+export const RUNTIME_MOUNTPOINTS: ReadonlySet<string> = new Set(['dev', 'proc', 'sys']);
+
 export interface CommitRequest {
   /** The container's image (the parent). */
   parentId: string;
@@ -105,8 +112,11 @@ function isWhiteout(st: Stats): boolean {
   return st.isCharacterDevice() && st.rdev === 0;
 }
 
+/** One entry without a body (a file entry gets an empty one: tar-stream waits for a body otherwise). */
 function addEntry(pack: tar.Pack, header: Partial<tar.Header> & { name: string }): Promise<void> {
-  return new Promise((resolve, reject) => pack.entry(header, (err) => (err ? reject(err) : resolve())));
+  return new Promise((resolve, reject) =>
+    pack.entry(header, Buffer.alloc(0), (err) => (err ? reject(err) : resolve())),
+  );
 }
 
 /** The layer tar of an overlay upper dir (see the file comment); read with lstat only. */
@@ -119,6 +129,7 @@ export function upperDirLayer(upperDir: string, opaque: ReadonlySet<string>): As
       await addEntry(pack, { name: `${rel}/${WHITEOUT_OPAQUE}`, size: 0, mode: 0o644, mtime: new Date(0) });
     }
     for (const name of names) {
+      if (rel === '' && RUNTIME_MOUNTPOINTS.has(name)) continue;
       const childRel = rel === '' ? name : `${rel}/${name}`;
       const abs = path.join(upperDir, childRel);
       const st = await fs.lstat(abs);

@@ -35,7 +35,14 @@ import {
   UnavailableError,
 } from '../common/errdefs';
 import type { Logger } from '../common/logger';
-import type { ExitResult, OutputChunk } from './types';
+import type {
+  ArchiveInOptions,
+  ExitResult,
+  GuestPathStat,
+  GuestProcess,
+  GuestStats,
+  OutputChunk,
+} from './types';
 
 /** Trailer on failed CreateContainer/StartContainer: Docker's State.ExitCode for the failure. */
 export const EXIT_CODE_TRAILER = 'capsule-exit-code';
@@ -59,6 +66,21 @@ export interface CreateContainerParams {
   openStdin: boolean;
   /** Docker's WorkingDir, created in the rootfs when missing ("" = none). */
   workingDir: string;
+}
+
+/** A process to run in a running container (agent.proto ExecProcess). */
+export interface ExecProcessParams {
+  containerId: string;
+  execId: string;
+  args: string[];
+  /** The complete environment (the container's merged with the exec's). */
+  env: string[];
+  /** "" = the container's. */
+  workingDir: string;
+  /** Docker's User string; "" = the container's. */
+  user: string;
+  openStdin: boolean;
+  tty: boolean;
 }
 
 /** An error from an agent call; `exitCode` is set when the agent said which status Docker records. */
@@ -407,6 +429,108 @@ export class AgentClient {
     return out;
   }
 
+  // ---- archive (docker cp, export): resolved in the guest, see guest/agent/archive.ts ----------
+
+  async statPath(containerId: string, p: string, containerName: string): Promise<GuestPathStat> {
+    const res = await this.unary<{
+      name: string;
+      size: number;
+      mode: number;
+      mtime_ns: string;
+      link_target: string;
+    }>('StatPath', { container_id: containerId, path: p, container_name: containerName }, this.callTimeoutMs);
+    return {
+      name: res.name,
+      size: Number(res.size),
+      mode: Number(res.mode),
+      mtimeNs: BigInt(res.mtime_ns || '0'),
+      linkTarget: res.link_target,
+    };
+  }
+
+  /** The tar bytes of ArchiveOut; a mapped error destroys the stream. Destroying it cancels the call. */
+  archiveOut(containerId: string, p: string, containerName: string, wholeRootfs: boolean): Readable {
+    const fn = (this.client as unknown as Record<string, StreamMethod>).ArchiveOut as StreamMethod;
+    if (this.closed) {
+      const failed = new Readable({ read() {} });
+      failed.destroy(new UnavailableError(`agent client for ${this.opts.socketPath} is closed`));
+      return failed;
+    }
+    const call = fn.call(this.client, {
+      container_id: containerId,
+      path: p,
+      container_name: containerName,
+      whole_rootfs: wholeRootfs,
+    });
+    this.active.add(call);
+    call.on('status', () => this.active.delete(call));
+    const out = new Transform({
+      readableObjectMode: false,
+      writableObjectMode: true,
+      transform(msg: { data: Buffer }, _enc, done) {
+        done(null, msg.data);
+      },
+    });
+    call.on('error', (err: grpc.ServiceError) => out.destroy(errorFromStatus(err)));
+    out.on('close', () => call.cancel());
+    call.pipe(out);
+    return out;
+  }
+
+  /** Streams a tar to ArchiveIn in pieces of at most 1 MiB; resolves when the agent extracted it. */
+  archiveIn(
+    containerId: string,
+    p: string,
+    containerName: string,
+    tar: AsyncIterable<Uint8Array>,
+    options: ArchiveInOptions,
+  ): Promise<void> {
+    type ClientStream = (
+      metadata: grpc.Metadata,
+      options: grpc.CallOptions,
+      callback: (err: grpc.ServiceError | null) => void,
+    ) => grpc.ClientWritableStream<unknown>;
+    const fn = (this.client as unknown as Record<string, ClientStream>).ArchiveIn as ClientStream;
+    if (this.closed)
+      return Promise.reject(new UnavailableError(`agent client for ${this.opts.socketPath} is closed`));
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      const call = fn.call(this.client, new grpc.Metadata(), {}, (err) => {
+        settled = true;
+        this.active.delete(call);
+        if (err) reject(errorFromStatus(err));
+        else resolve();
+      });
+      this.active.add(call);
+      const head = {
+        container_id: containerId,
+        path: p,
+        container_name: containerName,
+        no_overwrite_dir_non_dir: options.noOverwriteDirNonDir,
+        copy_uid_gid: options.copyUidGid,
+        user: options.user,
+      };
+      void (async () => {
+        call.write({ ...head, data: Buffer.alloc(0) });
+        const piece = 1024 * 1024;
+        for await (const chunk of tar) {
+          for (let at = 0; at < chunk.length; at += piece) {
+            if (settled) return;
+            const ok = call.write({ data: Buffer.from(chunk.subarray(at, at + piece)) });
+            if (!ok) await new Promise<void>((r) => call.once('drain', () => r()));
+          }
+        }
+        call.end();
+      })().catch((err: unknown) => {
+        call.cancel();
+        if (!settled) {
+          settled = true;
+          reject(err);
+        }
+      });
+    });
+  }
+
   /** Writes in pieces of at most 1 MiB (gRPC's default message limit is 4 MiB), in order. */
   async writeStdin(containerId: string, execId: string, data: Buffer): Promise<void> {
     const piece = 1024 * 1024;
@@ -436,6 +560,107 @@ export class AgentClient {
       null,
     );
     return { exitCode: r.exit_code, oomKilled: r.oom_killed };
+  }
+
+  /**
+   * Starts an extra process in the running container; resolves with its guest pid once it runs.
+   * A process that cannot start rejects with dockerd's message and `exitCode` 126.
+   */
+  async execProcess(p: ExecProcessParams): Promise<number> {
+    const r = await this.unary<{ pid: number }>(
+      'ExecProcess',
+      {
+        container_id: p.containerId,
+        exec_id: p.execId,
+        args: p.args,
+        env: p.env,
+        working_dir: p.workingDir,
+        user: p.user,
+        open_stdin: p.openStdin,
+        tty: p.tty,
+      },
+      this.startTimeoutMs,
+    );
+    return r.pid;
+  }
+
+  async listProcesses(containerId: string): Promise<GuestProcess[]> {
+    const r = await this.unary<{
+      processes: {
+        pid: number;
+        ppid: number;
+        uid: number;
+        user: string;
+        start_time_sec: number;
+        cpu_time_ms: number;
+        elapsed_ms: number;
+        tty: string;
+        cmd: string;
+      }[];
+    }>('ListProcesses', { container_id: containerId }, this.callTimeoutMs);
+    return r.processes.map((p) => ({
+      pid: p.pid,
+      ppid: p.ppid,
+      uid: p.uid,
+      user: p.user,
+      startTimeSec: Number(p.start_time_sec),
+      cpuTimeMs: Number(p.cpu_time_ms),
+      elapsedMs: Number(p.elapsed_ms),
+      tty: p.tty,
+      cmd: p.cmd,
+    }));
+  }
+
+  async statsContainer(containerId: string): Promise<GuestStats> {
+    type Net = Record<
+      | 'rx_bytes'
+      | 'rx_packets'
+      | 'rx_errors'
+      | 'rx_dropped'
+      | 'tx_bytes'
+      | 'tx_packets'
+      | 'tx_errors'
+      | 'tx_dropped',
+      number
+    > & { name: string };
+    const r = await this.unary<
+      Record<string, number> & {
+        memory_stat: Record<string, number>;
+        io: { major: number; minor: number; op: string; value: number }[];
+        networks: Net[];
+      }
+    >('StatsContainer', { container_id: containerId }, this.callTimeoutMs);
+    const n = (v: unknown) => Number(v ?? 0);
+    const memoryStat: Record<string, number> = {};
+    for (const [k, v] of Object.entries(r.memory_stat ?? {})) memoryStat[k] = n(v);
+    return {
+      cpuUsageNs: n(r.cpu_usage_ns),
+      cpuUserNs: n(r.cpu_user_ns),
+      cpuSystemNs: n(r.cpu_system_ns),
+      throttlingPeriods: n(r.throttling_periods),
+      throttledPeriods: n(r.throttled_periods),
+      throttledTimeNs: n(r.throttled_time_ns),
+      systemCpuNs: n(r.system_cpu_ns),
+      onlineCpus: n(r.online_cpus),
+      memoryUsage: n(r.memory_usage),
+      memoryLimit: n(r.memory_limit),
+      memoryStat,
+      pidsCurrent: n(r.pids_current),
+      pidsLimit: n(r.pids_limit),
+      io: (r.io ?? []).map((e) => ({ major: e.major, minor: e.minor, op: e.op, value: n(e.value) })),
+      networks: (r.networks ?? []).map((x) => ({
+        name: x.name,
+        rxBytes: n(x.rx_bytes),
+        rxPackets: n(x.rx_packets),
+        rxErrors: n(x.rx_errors),
+        rxDropped: n(x.rx_dropped),
+        txBytes: n(x.tx_bytes),
+        txPackets: n(x.tx_packets),
+        txErrors: n(x.tx_errors),
+        txDropped: n(x.tx_dropped),
+      })),
+      readTimeMs: n(r.read_time_ms),
+    };
   }
 
   /**

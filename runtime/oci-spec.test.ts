@@ -1,7 +1,15 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { buildOciSpec, DOCKER_DEFAULT_CAPABILITIES } from './oci-spec';
-import type { ProcessSpec } from './types';
+import {
+  ALL_CAPABILITIES,
+  buildOciSpec,
+  containerCapabilities,
+  DOCKER_DEFAULT_CAPABILITIES,
+  normalizeCapabilities,
+  tmpfsMountOptions,
+  validateContainerOptions,
+} from './oci-spec';
+import type { ContainerOptions, ProcessSpec } from './types';
 
 const proc = (over: Partial<ProcessSpec> = {}): ProcessSpec => ({
   args: ['sh', '-c', 'echo hi'],
@@ -119,5 +127,127 @@ describe('buildOciSpec', () => {
 
   it('rejects an empty argv', () => {
     assert.throws(() => buildOciSpec({ containerId: 'x', hostname: 'h', process: proc({ args: [] }) }));
+  });
+});
+
+describe('buildOciSpec with Docker options (config.json of the reference dockerd 20.10 for the same flags)', () => {
+  const build = (options: ContainerOptions) =>
+    buildOciSpec({ containerId: 'c', hostname: 'h', process: proc({ args: ['sleep', '600'] }), options });
+  const mount = (s: ReturnType<typeof build>, dest: string) => s.mounts.find((m) => m.destination === dest);
+
+  it('--tmpfs /run:size=1m,exec --tmpfs /t2 --shm-size 128m --read-only --ulimit nofile=100:200 --ulimit nproc=50 --init', () => {
+    const s = build({
+      tmpfs: { '/t2': '', '/run': 'size=1m,exec' },
+      shmSizeBytes: 134217728,
+      readonlyRootfs: true,
+      ulimits: [
+        { name: 'nofile', soft: 100, hard: 200 },
+        { name: 'nproc', soft: 50, hard: 50 },
+      ],
+      init: true,
+    });
+    assert.deepEqual(s.process.args, ['/sbin/docker-init', '--', 'sleep', '600']);
+    assert.deepEqual(s.process.rlimits, [
+      { type: 'RLIMIT_NOFILE', hard: 200, soft: 100 },
+      { type: 'RLIMIT_NPROC', hard: 50, soft: 50 },
+    ]);
+    assert.equal(s.root.readonly, true);
+    assert.deepEqual(
+      s.mounts.slice(6).map((m) => [m.destination, m.type, m.source, m.options]),
+      [
+        ['/dev/shm', 'tmpfs', 'shm', ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=134217728']],
+        ['/sbin/docker-init', 'bind', '/agent/bin/tini', ['bind', 'ro']],
+        ['/run', 'tmpfs', 'tmpfs', ['nosuid', 'nodev', 'rprivate', 'size=1m', 'exec']],
+        ['/t2', 'tmpfs', 'tmpfs', ['noexec', 'nosuid', 'nodev', 'rprivate']],
+      ],
+    );
+  });
+
+  it('no rlimits, 64 MiB /dev/shm and no init by default', () => {
+    const s = build({});
+    assert.equal(s.process.rlimits, undefined);
+    assert.deepEqual(mount(s, '/dev/shm')?.options, [
+      'nosuid',
+      'noexec',
+      'nodev',
+      'mode=1777',
+      'size=67108864',
+    ]);
+    assert.equal(mount(s, '/sbin/docker-init'), undefined);
+  });
+
+  it('--cap-add sys_admin --cap-drop CAP_CHOWN --cap-drop net_raw (moby TweakCapabilities)', () => {
+    const s = build({ capAdd: ['sys_admin'], capDrop: ['CAP_CHOWN', 'net_raw'] });
+    const expected = [
+      'CAP_DAC_OVERRIDE',
+      'CAP_FSETID',
+      'CAP_FOWNER',
+      'CAP_MKNOD',
+      'CAP_SETGID',
+      'CAP_SETUID',
+      'CAP_SETFCAP',
+      'CAP_SETPCAP',
+      'CAP_NET_BIND_SERVICE',
+      'CAP_SYS_CHROOT',
+      'CAP_KILL',
+      'CAP_AUDIT_WRITE',
+      'CAP_SYS_ADMIN',
+    ];
+    assert.deepEqual(s.process.capabilities, {
+      bounding: expected,
+      effective: expected,
+      permitted: expected,
+    });
+  });
+
+  it('--cap-add ALL --cap-drop sys_admin, and --cap-drop ALL --cap-add chown', () => {
+    assert.deepEqual(
+      containerCapabilities({ capAdd: ['ALL'], capDrop: ['sys_admin'] }),
+      ALL_CAPABILITIES.filter((c) => c !== 'CAP_SYS_ADMIN'),
+    );
+    assert.deepEqual(containerCapabilities({ capAdd: ['chown'], capDrop: ['all'] }), ['CAP_CHOWN']);
+  });
+
+  it('--privileged: every capability and device, /sys read-write, nothing masked', () => {
+    const s = build({ privileged: true, capDrop: ['chown'] });
+    assert.deepEqual(s.process.capabilities.bounding, [...ALL_CAPABILITIES]);
+    assert.equal(ALL_CAPABILITIES.length, 41);
+    assert.deepEqual(s.linux.maskedPaths, []);
+    assert.deepEqual(s.linux.readonlyPaths, []);
+    assert.deepEqual(s.linux.resources.devices, [{ allow: true, access: 'rwm' }]);
+    assert.equal(mount(s, '/dev')?.type, 'devtmpfs');
+    assert.deepEqual(mount(s, '/sys')?.options, ['nosuid', 'noexec', 'nodev']);
+    assert.ok(!mount(s, '/sys/fs/cgroup')?.options?.includes('ro'));
+  });
+
+  it("rejects bad options with dockerd's texts: capabilities at create, tmpfs and ulimits at start", () => {
+    assert.throws(
+      () => normalizeCapabilities(['foo']),
+      /^InvalidParameterError: unknown capability: "CAP_FOO"$/,
+    );
+    assert.throws(
+      () => validateContainerOptions({ capDrop: ['chown', 'bogus'] }),
+      /^InvalidParameterError: invalid CapDrop: unknown capability: "CAP_BOGUS"$/,
+    );
+    validateContainerOptions({ capAdd: ['NET_ADMIN', 'all'], capDrop: ['CAP_CHOWN'] });
+    assert.throws(
+      () => build({ tmpfs: { '/x': 'size=1m,bogus' } }),
+      /^SystemError: invalid tmpfs option \["bogus"\]$/,
+    );
+    assert.throws(
+      () => build({ ulimits: [{ name: 'nofiles', soft: 1, hard: 1 }] }),
+      /^SystemError: wrong rlimit value: RLIMIT_NOFILES: unknown$/,
+    );
+  });
+
+  it('tmpfs options: the last of a flag group or data key wins, order kept', () => {
+    assert.deepEqual(tmpfsMountOptions('ro,size=1m,rw,size=2m,defaults'), [
+      'noexec',
+      'nosuid',
+      'nodev',
+      'rprivate',
+      'rw',
+      'size=2m',
+    ]);
   });
 });

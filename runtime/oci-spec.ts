@@ -13,8 +13,17 @@
  * - terminal is false: TTY processes are not supported yet.
  *
  * rlimits are not set, as with dockerd (the process inherits the agent's); noNewPrivileges false.
+ *
+ * The container options (ContainerOptions) follow dockerd 20.10's config.json for the same flags
+ * (compared with the reference dockerd): --shm-size, --tmpfs (options merged as moby's
+ * MergeTmpfsOptions), --read-only, --cap-add/--cap-drop (moby's TweakCapabilities), --ulimit,
+ * --init (tini bind-mounted read-only at /sbin/docker-init, prepended with `--`). --privileged
+ * gives every capability, no masked or read-only paths, /sys and the cgroup fs read-write, and
+ * every device: dockerd lists the host's devices; here /dev is the guest kernel's devtmpfs, which
+ * holds every device of the VM.
  */
-import type { ProcessSpec } from './types';
+import { InvalidParameterError, SystemError } from '../common/errdefs';
+import type { ContainerOptions, ProcessSpec, Ulimit } from './types';
 
 export interface OciMount {
   destination: string;
@@ -40,6 +49,7 @@ export interface OciSpec {
     env: string[];
     cwd: string;
     capabilities: { bounding: string[]; effective: string[]; permitted: string[] };
+    rlimits?: { type: string; hard: number; soft: number }[];
     noNewPrivileges: boolean;
     oomScoreAdj: number;
   };
@@ -59,10 +69,17 @@ export interface OciSpecInput {
   containerId: string;
   hostname: string;
   process: ProcessSpec;
-  readonlyRootfs?: boolean;
+  /** Docker's HostConfig options; absent = dockerd's defaults. */
+  options?: ContainerOptions;
   /** Bind mounts and the like, after the defaults (volumes, /etc/hosts …). */
   extraMounts?: OciMount[];
 }
+
+/** Where the agent disk (mounted at /agent in the guest) has tini (guest/assets/build.sh). */
+export const GUEST_INIT_PATH = '/agent/bin/tini';
+/** Where dockerd puts its init in the container. */
+export const DOCKER_INIT_PATH = '/sbin/docker-init';
+const DEFAULT_SHM_SIZE = 64 * 1024 * 1024;
 
 /** Docker's default capability set (moby's caps.DefaultCapabilities), in its order. */
 export const DOCKER_DEFAULT_CAPABILITIES: readonly string[] = [
@@ -81,6 +98,191 @@ export const DOCKER_DEFAULT_CAPABILITIES: readonly string[] = [
   'CAP_KILL',
   'CAP_AUDIT_WRITE',
 ];
+
+/**
+ * Every capability of the guest kernel (Debian 6.1: up to CAP_CHECKPOINT_RESTORE), in number
+ * order: what --privileged and --cap-add ALL give (moby's GetAllCapabilities).
+ */
+export const ALL_CAPABILITIES: readonly string[] = [
+  'CAP_CHOWN',
+  'CAP_DAC_OVERRIDE',
+  'CAP_DAC_READ_SEARCH',
+  'CAP_FOWNER',
+  'CAP_FSETID',
+  'CAP_KILL',
+  'CAP_SETGID',
+  'CAP_SETUID',
+  'CAP_SETPCAP',
+  'CAP_LINUX_IMMUTABLE',
+  'CAP_NET_BIND_SERVICE',
+  'CAP_NET_BROADCAST',
+  'CAP_NET_ADMIN',
+  'CAP_NET_RAW',
+  'CAP_IPC_LOCK',
+  'CAP_IPC_OWNER',
+  'CAP_SYS_MODULE',
+  'CAP_SYS_RAWIO',
+  'CAP_SYS_CHROOT',
+  'CAP_SYS_PTRACE',
+  'CAP_SYS_PACCT',
+  'CAP_SYS_ADMIN',
+  'CAP_SYS_BOOT',
+  'CAP_SYS_NICE',
+  'CAP_SYS_RESOURCE',
+  'CAP_SYS_TIME',
+  'CAP_SYS_TTY_CONFIG',
+  'CAP_MKNOD',
+  'CAP_LEASE',
+  'CAP_AUDIT_WRITE',
+  'CAP_AUDIT_CONTROL',
+  'CAP_SETFCAP',
+  'CAP_MAC_OVERRIDE',
+  'CAP_MAC_ADMIN',
+  'CAP_SYSLOG',
+  'CAP_WAKE_ALARM',
+  'CAP_BLOCK_SUSPEND',
+  'CAP_AUDIT_READ',
+  'CAP_PERFMON',
+  'CAP_BPF',
+  'CAP_CHECKPOINT_RESTORE',
+];
+
+/** moby's NormalizeLegacyCapabilities: upper case, CAP_ prefixed, known; "ALL" kept as is. */
+export function normalizeCapabilities(caps: readonly string[]): string[] {
+  return caps.map((raw) => {
+    let c = raw.toUpperCase();
+    if (c === 'ALL') return c;
+    if (!c.startsWith('CAP_')) c = `CAP_${c}`;
+    if (!ALL_CAPABILITIES.includes(c)) throw new InvalidParameterError(`unknown capability: "${c}"`);
+    return c;
+  });
+}
+
+/** moby's TweakCapabilities: the container's capability set from the defaults and the flags. */
+export function containerCapabilities(options: ContainerOptions = {}): string[] {
+  if (options.privileged) return [...ALL_CAPABILITIES];
+  const adds = options.capAdd ?? [];
+  const drops = options.capDrop ?? [];
+  if (adds.length === 0 && drops.length === 0) return [...DOCKER_DEFAULT_CAPABILITIES];
+  const capDrop = normalizeCapabilities(drops);
+  const capAdd = normalizeCapabilities(adds);
+  if (capAdd.includes('ALL')) return ALL_CAPABILITIES.filter((c) => !capDrop.includes(c));
+  if (capDrop.includes('ALL')) return capAdd;
+  return [...DOCKER_DEFAULT_CAPABILITIES.filter((c) => !capDrop.includes(c)), ...capAdd];
+}
+
+/** Mount flags by the bit they set or clear (moby's pkg/mount flags): the last of a group wins. */
+const TMPFS_FLAG_GROUPS: readonly (readonly string[])[] = [
+  ['ro', 'rw'],
+  ['exec', 'noexec'],
+  ['suid', 'nosuid'],
+  ['dev', 'nodev'],
+  ['sync', 'async'],
+  ['atime', 'noatime'],
+  ['diratime', 'nodiratime'],
+  ['relatime', 'norelatime'],
+  ['strictatime', 'nostrictatime'],
+  ['mand', 'nomand'],
+  ['dirsync'],
+  ['remount'],
+  ['bind', 'rbind'],
+  ['private', 'rprivate', 'shared', 'rshared', 'slave', 'rslave', 'unbindable', 'runbindable'],
+];
+const TMPFS_DATA_KEYS = new Set(['size', 'mode', 'uid', 'gid', 'nr_inodes', 'nr_blocks', 'mpol']);
+
+/**
+ * moby's MergeTmpfsOptions over dockerd's defaults (noexec, nosuid, nodev, rprivate) and the
+ * user's options: a later option of a flag group or data key replaces an earlier one; order kept.
+ */
+export function tmpfsMountOptions(data: string): string[] {
+  const options = ['noexec', 'nosuid', 'nodev', 'rprivate', ...(data === '' ? [] : data.split(','))];
+  const seenGroups = new Set<number>();
+  const seenKeys = new Set<string>();
+  const out: string[] = [];
+  for (let i = options.length - 1; i >= 0; i--) {
+    const option = options[i] ?? '';
+    if (option === 'defaults') continue;
+    const group = TMPFS_FLAG_GROUPS.findIndex((g) => g.includes(option));
+    if (group >= 0) {
+      if (seenGroups.has(group)) continue;
+      seenGroups.add(group);
+      out.unshift(option);
+      continue;
+    }
+    const eq = option.indexOf('=');
+    const key = eq < 0 ? option : option.slice(0, eq);
+    if (eq < 0 || !TMPFS_DATA_KEYS.has(key)) {
+      const parts = eq < 0 ? [option] : [key, option.slice(eq + 1)];
+      throw new SystemError(`invalid tmpfs option [${parts.map((p) => JSON.stringify(p)).join(' ')}]`);
+    }
+    if (seenKeys.has(key)) continue;
+    seenKeys.add(key);
+    out.unshift(option);
+  }
+  return out;
+}
+
+/** Docker's --ulimit names (go-units ulimitNameMapping). */
+const ULIMIT_NAMES = new Set([
+  'as',
+  'core',
+  'cpu',
+  'data',
+  'fsize',
+  'locks',
+  'memlock',
+  'msgqueue',
+  'nice',
+  'nofile',
+  'nproc',
+  'rss',
+  'rtprio',
+  'rttime',
+  'sigpending',
+  'stack',
+]);
+
+/** The spec's rlimits for Docker's ulimits; a bad one fails the start (SystemError: 500). */
+export function rlimitsOf(ulimits: readonly Ulimit[]): { type: string; hard: number; soft: number }[] {
+  return ulimits.map((u) => {
+    const type = `RLIMIT_${u.name.toUpperCase()}`;
+    // dockerd leaves the check to the OCI runtime; runc's words.
+    if (!ULIMIT_NAMES.has(u.name)) throw new SystemError(`wrong rlimit value: ${type}: unknown`);
+    if (u.soft > u.hard && u.hard !== -1) {
+      throw new SystemError(
+        `ulimit soft limit must be less than or equal to hard limit: ${u.soft} > ${u.hard}`,
+      );
+    }
+    return { type, hard: u.hard, soft: u.soft };
+  });
+}
+
+/**
+ * What dockerd checks at create (400): the capability names, as `invalid CapAdd: unknown
+ * capability: "CAP_X"`. Tmpfs options and ulimit names fail the start instead (500), as with
+ * dockerd: buildOciSpec throws then.
+ */
+export function validateContainerOptions(options: ContainerOptions): void {
+  for (const [field, list] of [
+    ['CapAdd', options.capAdd],
+    ['CapDrop', options.capDrop],
+  ] as const) {
+    try {
+      normalizeCapabilities(list ?? []);
+    } catch (err) {
+      throw new InvalidParameterError(`invalid ${field}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+}
+
+/**
+ * The checks buildOciSpec makes of the options (500 with dockerd's texts), for the daemon to make
+ * before it takes a VM for a start that would fail.
+ */
+export function checkStartOptions(options: ContainerOptions): void {
+  for (const data of Object.values(options.tmpfs ?? {})) tmpfsMountOptions(data);
+  rlimitsOf(options.ulimits ?? []);
+}
 
 export const DOCKER_MASKED_PATHS: readonly string[] = [
   '/proc/asound',
@@ -103,36 +305,70 @@ export const DOCKER_READONLY_PATHS: readonly string[] = [
   '/proc/sysrq-trigger',
 ];
 
-function defaultMounts(): OciMount[] {
+function defaultMounts(options: ContainerOptions): OciMount[] {
+  const privileged = options.privileged === true;
+  const shmSize =
+    options.shmSizeBytes !== undefined && options.shmSizeBytes > 0 ? options.shmSizeBytes : DEFAULT_SHM_SIZE;
   return [
     { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
-    {
-      destination: '/dev',
-      type: 'tmpfs',
-      source: 'tmpfs',
-      options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'],
-    },
+    privileged
+      ? // Every device of the VM (dockerd: of the host).
+        { destination: '/dev', type: 'devtmpfs', source: 'devtmpfs', options: ['nosuid', 'mode=755'] }
+      : {
+          destination: '/dev',
+          type: 'tmpfs',
+          source: 'tmpfs',
+          options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'],
+        },
     {
       destination: '/dev/pts',
       type: 'devpts',
       source: 'devpts',
       options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'],
     },
-    { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+    // dockerd's privileged containers get /sys and the cgroup fs read-write.
+    {
+      destination: '/sys',
+      type: 'sysfs',
+      source: 'sysfs',
+      options: privileged ? ['nosuid', 'noexec', 'nodev'] : ['nosuid', 'noexec', 'nodev', 'ro'],
+    },
     {
       destination: '/sys/fs/cgroup',
       type: 'cgroup',
       source: 'cgroup',
-      options: ['ro', 'nosuid', 'noexec', 'nodev'],
+      options: privileged ? ['nosuid', 'noexec', 'nodev'] : ['ro', 'nosuid', 'noexec', 'nodev'],
     },
     { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
     {
       destination: '/dev/shm',
       type: 'tmpfs',
       source: 'shm',
-      options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=67108864'],
+      options: ['nosuid', 'noexec', 'nodev', 'mode=1777', `size=${shmSize}`],
     },
   ];
+}
+
+/** dockerd's order after the defaults: its init, then the tmpfs mounts (by path). */
+function optionMounts(options: ContainerOptions): OciMount[] {
+  const mounts: OciMount[] = [];
+  if (options.init) {
+    mounts.push({
+      destination: DOCKER_INIT_PATH,
+      type: 'bind',
+      source: GUEST_INIT_PATH,
+      options: ['bind', 'ro'],
+    });
+  }
+  for (const dest of Object.keys(options.tmpfs ?? {}).sort()) {
+    mounts.push({
+      destination: dest,
+      type: 'tmpfs',
+      source: 'tmpfs',
+      options: tmpfsMountOptions(options.tmpfs?.[dest] ?? ''),
+    });
+  }
+  return mounts;
 }
 
 /** The device cgroup rules of Docker's default spec: deny all, then the standard character devices. */
@@ -171,14 +407,17 @@ function withHostname(env: readonly string[], hostname: string): string[] {
 export function buildOciSpec(input: OciSpecInput): OciSpec {
   const p = input.process;
   if (p.args.length === 0) throw new Error('buildOciSpec: process.args is empty');
-  const caps = [...DOCKER_DEFAULT_CAPABILITIES];
-  return {
+  const options = input.options ?? {};
+  const privileged = options.privileged === true;
+  const caps = containerCapabilities(options);
+  const rlimits = rlimitsOf(options.ulimits ?? []);
+  const spec: OciSpec = {
     ociVersion: '1.0.2',
     process: {
       terminal: false,
       // Resolved in the guest from Docker's User string (CreateContainerRequest.user).
       user: { uid: 0, gid: 0 },
-      args: [...p.args],
+      args: options.init ? [DOCKER_INIT_PATH, '--', ...p.args] : [...p.args],
       env: withHostname(p.env, input.hostname),
       cwd: p.cwd === '' ? '/' : p.cwd,
       capabilities: { bounding: [...caps], effective: [...caps], permitted: [...caps] },
@@ -186,15 +425,18 @@ export function buildOciSpec(input: OciSpecInput): OciSpec {
       oomScoreAdj: 0,
     },
     // The agent replaces the path with the rootfs's guest path.
-    root: { path: 'rootfs', readonly: input.readonlyRootfs ?? false },
+    root: { path: 'rootfs', readonly: options.readonlyRootfs ?? false },
     hostname: input.hostname,
-    mounts: [...defaultMounts(), ...(input.extraMounts ?? [])],
+    mounts: [...defaultMounts(options), ...optionMounts(options), ...(input.extraMounts ?? [])],
     linux: {
-      resources: { devices: defaultDeviceRules() },
+      resources: { devices: privileged ? [{ allow: true, access: 'rwm' }] : defaultDeviceRules() },
       cgroupsPath: `/capsule/${input.containerId}`,
       namespaces: [{ type: 'mount' }, { type: 'uts' }, { type: 'pid' }, { type: 'ipc' }],
-      maskedPaths: [...DOCKER_MASKED_PATHS],
-      readonlyPaths: [...DOCKER_READONLY_PATHS],
+      maskedPaths: privileged ? [] : [...DOCKER_MASKED_PATHS],
+      readonlyPaths: privileged ? [] : [...DOCKER_READONLY_PATHS],
     },
   };
+  // dockerd sets rlimits only when asked (the process otherwise inherits its parent's).
+  if (rlimits.length > 0) spec.process.rlimits = rlimits;
+  return spec;
 }

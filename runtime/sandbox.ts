@@ -52,9 +52,15 @@ import { isMounted, mountPointsOf, mountRootfs, unmountRootfs } from './rootfs';
 import { WarmPool } from './warm-pool';
 import type {
   Accel,
+  ArchiveInOptions,
+  ExecSpec,
   ExitResult,
+  GuestPathStat,
+  GuestProcess,
+  GuestStats,
   PortForward,
   RunningSandbox,
+  RunningExec,
   RuntimeInfo,
   SandboxRuntime,
   SandboxSpec,
@@ -280,6 +286,87 @@ class Sandbox implements RunningSandbox {
 
   signal(signo: number): Promise<void> {
     return this.client.signalProcess(this.id, '', signo);
+  }
+
+  pause(): Promise<void> {
+    return this.qmp((qmp) => qmp.stop());
+  }
+
+  resume(): Promise<void> {
+    return this.qmp((qmp) => qmp.cont());
+  }
+
+  /** One QMP command on this VM (QEMU serves one QMP connection at a time: open, run, close). */
+  private async qmp(run: (qmp: QmpClient) => Promise<void>): Promise<void> {
+    if (this.destroying) throw new UnavailableError('the sandbox is being destroyed');
+    const qmp = await QmpClient.connect(this.vm.qmpSocketPath);
+    try {
+      await run(qmp);
+    } finally {
+      qmp.close();
+    }
+  }
+
+  statPath(p: string, containerName: string): Promise<GuestPathStat> {
+    return this.client.statPath(this.id, p, containerName);
+  }
+
+  archiveOut(p: string, containerName: string, wholeRootfs: boolean): Readable {
+    return this.client.archiveOut(this.id, p, containerName, wholeRootfs);
+  }
+
+  archiveIn(
+    p: string,
+    containerName: string,
+    tar: AsyncIterable<Uint8Array>,
+    options: ArchiveInOptions,
+  ): Promise<void> {
+    return this.client.archiveIn(this.id, p, containerName, tar, options);
+  }
+
+  async exec(spec: ExecSpec): Promise<RunningExec> {
+    if (spec.tty) {
+      throw new NotImplementedError('exec with a terminal (-t) is not supported yet by this daemon');
+    }
+    const pid = await this.client.execProcess({
+      containerId: this.id,
+      execId: spec.execId,
+      args: spec.args,
+      env: spec.env,
+      workingDir: spec.cwd,
+      user: spec.user,
+      openStdin: spec.openStdin,
+      tty: spec.tty,
+    });
+    const raw = this.client.readOutput(this.id, spec.execId);
+    const output = new PassThrough({ objectMode: true, highWaterMark: 16 });
+    raw.on('error', (err) => {
+      if (!this.destroying)
+        this.log.debug('exec output stream broke', { exec: spec.execId, error: err.message });
+      output.end();
+    });
+    raw.pipe(output);
+    const exited = this.client.waitProcess(this.id, spec.execId).catch((err: unknown) => {
+      // The VM went away under the process (the container stopped): as if killed.
+      this.log.debug('lost an exec process', { exec: spec.execId, error: messageOf(err) });
+      return KILLED;
+    });
+    return {
+      pid,
+      output,
+      writeStdin: (data) => this.client.writeStdin(this.id, spec.execId, data),
+      closeStdin: () => this.client.closeStdin(this.id, spec.execId),
+      signal: (signo) => this.client.signalProcess(this.id, spec.execId, signo),
+      exited,
+    };
+  }
+
+  top(): Promise<GuestProcess[]> {
+    return this.client.listProcesses(this.id);
+  }
+
+  stats(): Promise<GuestStats> {
+    return this.client.statsContainer(this.id);
   }
 
   async destroy(): Promise<void> {
@@ -539,7 +626,12 @@ export async function createSandboxRuntime(deps: SandboxRuntimeDeps): Promise<Sa
       const p = spec.process;
       await client.createContainer({
         containerId: spec.containerId,
-        ociSpec: buildOciSpec({ containerId: spec.containerId, hostname: spec.hostname, process: p }),
+        ociSpec: buildOciSpec({
+          containerId: spec.containerId,
+          hostname: spec.hostname,
+          process: p,
+          options: spec.options,
+        }),
         rootfsGuestPath: guestRootfsPath(spec.containerId),
         user: p.user,
         openStdin: p.openStdin,

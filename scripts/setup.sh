@@ -12,6 +12,7 @@ declare -A NEED=(
   [/usr/lib/qemu/virtiofsd]=qemu-system-common
   [busybox]=busybox-static
   [crun]=crun
+  [/usr/bin/tini-static]=tini
   [mkfs.ext4]=e2fsprogs
   [cpio]=cpio
   [modprobe]=kmod

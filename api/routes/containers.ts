@@ -25,9 +25,10 @@ import type {
   WaitCondition,
   WaitHandle,
 } from '../../daemon/types';
+import type { StatsSample, TopResult } from '../../daemon/top-stats';
 import { readJsonBody } from '../body';
 import { clientGone, logClientGone, sendJson } from '../errors';
-import { parseFilters, queryBool, queryInt, queryString } from '../query';
+import { parseFilters, queryBool, queryBoolOr, queryInt, queryString } from '../query';
 import { hijack, readRequestBody } from '../streams/hijack';
 import { encodeChunk, streamContentType } from '../streams/multiplex';
 import {
@@ -39,6 +40,7 @@ import {
   type ContainerUpdateResponse,
   type ContainerWaitResponse,
 } from '../types/containers';
+import { toStatsJSON, toTopResponse } from '../types/exec';
 import { STORAGE_DRIVER } from '../types/system';
 import { versionAtLeast } from '../version';
 
@@ -51,6 +53,8 @@ export interface ContainerStateBackend {
   containerStop(ref: string, options: StopOptions): Promise<void>;
   containerRestart(ref: string, options: StopOptions): Promise<void>;
   containerKill(ref: string, signal: string | undefined): Promise<void>;
+  containerPause(ref: string): Promise<void>;
+  containerUnpause(ref: string): Promise<void>;
   containerRemove(ref: string, options: RemoveOptions): Promise<void>;
   containerResize(ref: string, height: number, width: number): Promise<void>;
   containerRename(ref: string, newName: string): Promise<void>;
@@ -71,7 +75,18 @@ export interface ContainerLogsBackend {
   containerLogs(ref: string, options: LogsOptions, signal?: AbortSignal): Promise<LogsResult>;
 }
 
-export type ContainersBackend = ContainerStateBackend &
+/** docker top and docker stats, from the guest's figures. */
+export interface ContainerMonitorBackend {
+  containerTop(ref: string): Promise<TopResult>;
+  containerStats(
+    ref: string,
+    options: { stream: boolean; oneShot: boolean },
+    signal?: AbortSignal,
+  ): AsyncIterable<StatsSample>;
+}
+
+export type ContainersBackend = ContainerMonitorBackend &
+  ContainerStateBackend &
   ContainerWaitBackend &
   ContainerAttachBackend &
   ContainerLogsBackend;
@@ -253,6 +268,16 @@ export function createContainersRouter(backend: ContainersBackend, log: Logger):
     res.status(204).end();
   });
 
+  router.post('/containers/:id/pause', async (req, res) => {
+    await backend.containerPause(ref(req));
+    res.status(204).end();
+  });
+
+  router.post('/containers/:id/unpause', async (req, res) => {
+    await backend.containerUnpause(ref(req));
+    res.status(204).end();
+  });
+
   router.delete('/containers/:id', async (req, res) => {
     await backend.containerRemove(ref(req), {
       force: queryBool(req, 'force'),
@@ -317,6 +342,38 @@ export function createContainersRouter(backend: ContainersBackend, log: Logger):
     const detachKeys = parseDetachKeys(queryString(req, 'detachKeys'));
     const session = backend.containerAttach(ref(req), options);
     attachStream(req, res, session, detachKeys, log);
+  });
+
+  // ps_args is accepted and ignored: the guest's processes are always listed as `ps -ef` shows them.
+  router.get('/containers/:id/top', async (req, res) => {
+    sendJson(res, 200, toTopResponse(await backend.containerTop(ref(req))));
+  });
+
+  router.get('/containers/:id/stats', async (req, res) => {
+    const abort = new AbortController();
+    const stream = queryBoolOr(req, 'stream', true);
+    const samples = backend.containerStats(
+      ref(req),
+      { stream, oneShot: queryBool(req, 'one-shot') },
+      abort.signal,
+    );
+    res.on('close', () => abort.abort());
+    const iterator = samples[Symbol.asyncIterator]();
+    // The first sample (or its error: 404 no such container) before the headers.
+    const first = await iterator.next();
+    res.statusCode = 200;
+    res.setHeader('Content-Type', 'application/json');
+    if (!stream) {
+      res.end(first.done ? '' : JSON.stringify(toStatsJSON(first.value)) + '\n');
+      return;
+    }
+    for (let item = first; !item.done; item = await iterator.next()) {
+      if (res.destroyed) break;
+      res.write(JSON.stringify(toStatsJSON(item.value)) + '\n');
+    }
+    abort.abort();
+    if (clientGone(req, res)) return logClientGone(log, req);
+    res.end();
   });
 
   router.get('/containers/:id/logs', async (req, res) => {

@@ -20,6 +20,12 @@ before(async () => {
       { ref: 'labelled:1', config: { Cmd: ['sh'], Labels: { tier: 'web' } } },
       { ref: '127.0.0.1:5000/bb:v1', config: { Cmd: ['sh'] } },
     ],
+    registry: [
+      {
+        ref: '127.0.0.1:5000/locked:v1',
+        refuseCredentials: 'Head "http://127.0.0.1:5000/v2/locked/manifests/v1": no basic auth credentials',
+      },
+    ],
   });
 });
 after(async () => {
@@ -413,6 +419,20 @@ describe('push, save, load, import', () => {
     } finally {
       h.images.pull = original;
     }
+  });
+});
+
+describe('POST /images/create: credentials refused', () => {
+  it('the registry refusing the credentials gives 500 (as dockerd), not 401: the CLI would prompt for a login on 401', async () => {
+    const reply = await request(
+      h.socketPath,
+      'POST',
+      '/v1.43/images/create?fromImage=127.0.0.1%3A5000%2Flocked&tag=v1',
+    );
+    assert.equal(reply.status, 500, reply.text);
+    assert.deepEqual(reply.json(), {
+      message: 'Head "http://127.0.0.1:5000/v2/locked/manifests/v1": no basic auth credentials',
+    });
   });
 });
 

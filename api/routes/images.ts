@@ -9,7 +9,7 @@
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { Router, type Request, type Response } from 'express';
-import { InvalidParameterError } from '../../common/errdefs';
+import { InvalidParameterError, SystemError, UnauthorizedError } from '../../common/errdefs';
 import type {
   HistoryEntry,
   ImageDeleteItem,
@@ -207,7 +207,14 @@ export function createImagesRouter(backend: ImagesBackend): Router {
     const auth = decodeRegistryAuth(req.headers['x-registry-auth'] as string | undefined);
     const signal = clientAbort(res);
     await streamed(res, async (stream) => {
-      await backend.imagePull(reference, { auth, platform, allTags, signal }, (p) => stream.write(p));
+      try {
+        await backend.imagePull(reference, { auth, platform, allTags, signal }, (p) => stream.write(p));
+      } catch (err) {
+        // dockerd answers a registry's refusal of the credentials with 500, not 401: on a 401 the
+        // docker CLI (client.ImagePull's PrivilegeFunc) would prompt for a login and pull again.
+        if (err instanceof UnauthorizedError) throw new SystemError(err.message, { cause: err });
+        throw err;
+      }
     });
   });
 

@@ -660,11 +660,12 @@ export function encodeState(c: ContainerView): WireContainerState {
   };
 }
 
-/** Running: every exposed port, unpublished (null); not running: {}. */
-function ports(c: ContainerView): Record<string, null> {
-  const out: Record<string, null> = {};
-  if (!c.state.running) return out;
-  for (const port of Object.keys(c.config.exposedPorts ?? {})) out[port] = null;
+/** NetworkSettings.Ports: the daemon's port map (empty unless running), in Docker's shape. */
+function ports(c: ContainerView): Record<string, Array<{ HostIp: string; HostPort: string }> | null> {
+  const out: Record<string, Array<{ HostIp: string; HostPort: string }> | null> = {};
+  for (const [port, list] of Object.entries(c.ports)) {
+    out[port] = list ? list.map((b) => ({ HostIp: b.hostIp, HostPort: b.hostPort })) : null;
+  }
   return out;
 }
 
@@ -691,7 +692,7 @@ export function toContainerJSON(c: ContainerView, opts: EncodeOptions): Containe
     MountLabel: '',
     ProcessLabel: '',
     AppArmorProfile: '',
-    ExecIDs: null,
+    ExecIDs: c.execIds && c.execIds.length > 0 ? c.execIds : null,
     HostConfig: encodeHostConfig(c.hostConfig),
     GraphDriver: { Data: null, Name: opts.storageDriver },
     Mounts: [],
@@ -729,11 +730,20 @@ export function commandText(path: string, args: string[]): string {
 }
 
 export function toContainerSummary(c: ContainerView, nowMs = Date.now()): ContainerSummary {
+  // dockerd's list: one entry per host binding, one without a public port per unpublished port.
   const summaryPorts: ContainerSummary['Ports'] = [];
-  if (c.state.running) {
-    for (const port of Object.keys(c.config.exposedPorts ?? {})) {
-      const [num, proto] = port.split('/');
-      summaryPorts.push({ PrivatePort: Number(num), Type: proto ?? 'tcp' });
+  for (const [port, list] of Object.entries(c.ports)) {
+    const [num, proto] = port.split('/');
+    const privatePort = Number(num);
+    const type = proto ?? 'tcp';
+    if (!list || list.length === 0) summaryPorts.push({ PrivatePort: privatePort, Type: type });
+    for (const b of list ?? []) {
+      summaryPorts.push({
+        IP: b.hostIp,
+        PrivatePort: privatePort,
+        PublicPort: Number(b.hostPort),
+        Type: type,
+      });
     }
   }
   const summary: ContainerSummary = {

@@ -7,8 +7,20 @@
  * does (exit code 127 carried on the error); `noexec` fails with 126.
  */
 import { createHash } from 'node:crypto';
-import { Readable } from 'node:stream';
-import { ConflictError, InvalidParameterError, NotFoundError, UnavailableError } from '../../common/errdefs';
+import { promises as fsPromises } from 'node:fs';
+import * as path from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import {
+  ConflictError,
+  InvalidParameterError,
+  NotFoundError,
+  NotImplementedError,
+  UnauthorizedError,
+  UnavailableError,
+} from '../../common/errdefs';
+import * as rootfsArchive from '../../common/rootfs-archive';
+import { planCommit, type CommitRequest } from '../../images/commit';
+import { archiveErrorToErrdefs } from '../archive';
 import type {
   HistoryEntry,
   ImageConfigFile,
@@ -33,7 +45,13 @@ import type {
   RemoveOptions as ImageRemoveOptions,
 } from '../../images/types';
 import type {
+  ArchiveInOptions,
+  ExecSpec,
   ExitResult,
+  GuestPathStat,
+  GuestProcess,
+  GuestStats,
+  RunningExec,
   RunningSandbox,
   RuntimeInfo,
   SandboxRuntime,
@@ -49,6 +67,8 @@ export interface FakeImageSpec {
   size?: number;
   /** Pull fails with this message after the first progress line (an in-stream error). */
   failMidway?: string;
+  /** Pull fails before any progress with this UnauthorizedError text (credentials refused). */
+  refuseCredentials?: string;
 }
 
 /** "busybox" → "busybox:latest"; "docker.io/library/busybox:1" → "busybox:1". */
@@ -129,6 +149,7 @@ export class FakeImageService implements ImageManagementService {
     this.pulls.push(ref);
     const spec = this.registry.get(ref);
     if (!spec) throw new NotFoundError(`manifest for ${ref} not found: manifest unknown: manifest unknown`);
+    if (spec.refuseCredentials) throw new UnauthorizedError(spec.refuseCredentials);
     const repo = ref.slice(0, ref.lastIndexOf(':'));
     const tag = ref.slice(ref.lastIndexOf(':') + 1);
     onProgress({ status: `Pulling from ${repo.includes('/') ? repo : `library/${repo}`}`, id: tag });
@@ -155,6 +176,23 @@ export class FakeImageService implements ImageManagementService {
 
   async list(): Promise<ImageRecord[]> {
     return [...new Set(this.local.values())];
+  }
+
+  /** Commits seen (the request as the daemon built it). */
+  readonly commits: CommitRequest[] = [];
+
+  /** A fake commit: a new image with the container's config and --change applied (no layer). */
+  async commit(request: CommitRequest): Promise<ImageRecord> {
+    this.commits.push(request);
+    const { config } = planCommit(request);
+    const ref = request.repository ? `${request.repository}:${request.tag || 'latest'}` : undefined;
+    const image = makeImage({ ref: ref ?? `committed-${this.commits.length}`, config });
+    if (ref !== undefined) this.name(normalizeFakeRef(ref), image);
+    else {
+      image.repoTags = [];
+      this.byId.set(image.id, image);
+    }
+    return image;
   }
 
   async layerDirs(_image: ImageRecord): Promise<string[]> {
@@ -535,6 +573,16 @@ class Terminated extends Error {
   }
 }
 
+/** Maps the archive engine's errors to errdefs, as the real agent client does for gRPC statuses. */
+async function fakeArchiveCall<T>(root: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    await fsPromises.mkdir(root, { recursive: true });
+    return await fn();
+  } catch (err) {
+    throw archiveErrorToErrdefs(err);
+  }
+}
+
 export class FakeSandbox implements RunningSandbox {
   readonly output: Readable;
   readonly exited: Promise<ExitResult>;
@@ -566,11 +614,46 @@ export class FakeSandbox implements RunningSandbox {
     this.exited = new Promise((resolve) => (this.resolveExit = resolve));
   }
 
+  /**
+   * The fake's guest rootfs for cp/export: the container's upper dir alone (no image layers), with
+   * the same confined rules as the agent (common/rootfs-archive.ts).
+   */
+  get fakeRootfs(): string {
+    return path.join(this.spec.containerLayerDir, 'upper');
+  }
+
+  async statPath(p: string, containerName: string): Promise<GuestPathStat> {
+    return fakeArchiveCall(this.fakeRootfs, () => rootfsArchive.statPath(this.fakeRootfs, p, containerName));
+  }
+
+  archiveOut(p: string, containerName: string, wholeRootfs: boolean): Readable {
+    if (wholeRootfs) return rootfsArchive.exportRootfs(this.fakeRootfs);
+    const out = new PassThrough();
+    fakeArchiveCall(this.fakeRootfs, () => rootfsArchive.archiveOut(this.fakeRootfs, p, containerName)).then(
+      ({ stream }) => stream.pipe(out),
+      (err: unknown) => out.destroy(err as Error),
+    );
+    return out;
+  }
+
+  async archiveIn(
+    p: string,
+    containerName: string,
+    tar: AsyncIterable<Uint8Array>,
+    options: ArchiveInOptions,
+  ): Promise<void> {
+    await fakeArchiveCall(this.fakeRootfs, () =>
+      rootfsArchive.extractInto(this.fakeRootfs, p, containerName, tar, {
+        noOverwriteDirNonDir: options.noOverwriteDirNonDir,
+      }),
+    );
+  }
+
   /** Runs the process to completion; called by the runtime after start resolved. */
   async run(): Promise<void> {
     let code: number;
     try {
-      code = await this.exec(this.spec.process.args);
+      code = await this.runArgv(this.spec.process.args);
     } catch (err) {
       code = err instanceof Terminated ? err.exitCode : 1;
     }
@@ -634,7 +717,7 @@ export class FakeSandbox implements RunningSandbox {
     }
   }
 
-  private async exec(argv: string[]): Promise<number> {
+  private async runArgv(argv: string[]): Promise<number> {
     try {
       return await this.execShell(argv);
     } catch (err) {
@@ -762,6 +845,19 @@ export class FakeSandbox implements RunningSandbox {
     this.kill(128 + signo);
   }
 
+  /** The fake VM's run state: pause()/resume() only record it (the fake process keeps going). */
+  paused = false;
+
+  async pause(): Promise<void> {
+    if (this.paused) throw new Error('fake VM already paused');
+    this.paused = true;
+  }
+
+  async resume(): Promise<void> {
+    if (!this.paused) throw new Error('fake VM not paused');
+    this.paused = false;
+  }
+
   private kill(code: number): void {
     if (this.terminatedWith !== undefined) return;
     this.terminatedWith = code;
@@ -773,7 +869,109 @@ export class FakeSandbox implements RunningSandbox {
     wake?.();
   }
 
+  /** Fake execs run the same fake shell, each in a FakeSandbox of its own sharing this spec. */
+  readonly execs: { spec: ExecSpec; process: FakeSandbox }[] = [];
+  /** Processes the fake lists for `top` (the init, then its running execs). */
+  async top(): Promise<GuestProcess[]> {
+    const procs = [{ args: this.spec.process.args, pid: 1 }];
+    for (const [i, e] of this.execs.entries()) {
+      if (!e.process.done) procs.push({ args: e.spec.args, pid: 100 + i });
+    }
+    return procs.map((p) => ({
+      pid: p.pid,
+      ppid: p.pid === 1 ? 0 : 1,
+      uid: 0,
+      user: 'root',
+      startTimeSec: Math.floor(Date.now() / 1000),
+      cpuTimeMs: 0,
+      elapsedMs: 1000,
+      tty: '?',
+      cmd: p.args.join(' '),
+    }));
+  }
+
+  /** Fixed, plausible figures for `stats`. */
+  statsCalls = 0;
+  async stats(): Promise<GuestStats> {
+    this.statsCalls++;
+    if (this.done) throw new ConflictError('the container is not running');
+    return {
+      cpuUsageNs: 1_000_000_000 * this.statsCalls,
+      cpuUserNs: 600_000_000 * this.statsCalls,
+      cpuSystemNs: 400_000_000 * this.statsCalls,
+      throttlingPeriods: 0,
+      throttledPeriods: 0,
+      throttledTimeNs: 0,
+      systemCpuNs: 10_000_000_000 * this.statsCalls,
+      onlineCpus: 1,
+      memoryUsage: 8 * 1024 * 1024,
+      memoryLimit: 256 * 1024 * 1024,
+      memoryStat: { anon: 4 * 1024 * 1024, file: 3 * 1024 * 1024, inactive_file: 1024 * 1024 },
+      pidsCurrent: 1,
+      pidsLimit: 0,
+      io: [{ major: 254, minor: 0, op: 'read', value: 4096 }],
+      networks: [
+        {
+          name: 'eth0',
+          rxBytes: 1000,
+          rxPackets: 10,
+          rxErrors: 0,
+          rxDropped: 0,
+          txBytes: 500,
+          txPackets: 5,
+          txErrors: 0,
+          txDropped: 0,
+        },
+      ],
+      readTimeMs: Date.now(),
+    };
+  }
+
+  async exec(spec: ExecSpec): Promise<RunningExec> {
+    if (this.done) throw new ConflictError(`container ${this.spec.containerId} is not running`);
+    if (spec.tty)
+      throw new NotImplementedError('exec with a terminal (-t) is not supported yet by this daemon');
+    const [cmd] = spec.args;
+    if (cmd === '/etc/passwd') {
+      throw new FakeStartError(
+        `OCI runtime exec failed: exec failed: unable to start container process: exec: "${cmd}": permission denied`,
+        126,
+      );
+    }
+    if (cmd === undefined || !KNOWN.has(cmd)) {
+      throw new FakeStartError(
+        `OCI runtime exec failed: exec failed: unable to start container process: exec: "${cmd ?? ''}": executable file not found in $PATH`,
+        126,
+      );
+    }
+    const process = new FakeSandbox(
+      {
+        ...this.spec,
+        process: {
+          args: spec.args,
+          env: spec.env,
+          cwd: spec.cwd || this.spec.process.cwd,
+          user: spec.user || this.spec.process.user,
+          openStdin: spec.openStdin,
+          tty: spec.tty,
+        },
+      },
+      this.vmPid,
+    );
+    this.execs.push({ spec, process });
+    setImmediate(() => void process.run());
+    return {
+      pid: 100 + this.execs.length - 1,
+      output: process.output,
+      writeStdin: (data) => process.writeStdin(data),
+      closeStdin: () => process.closeStdin(),
+      signal: (signo) => process.signal(signo),
+      exited: process.exited,
+    };
+  }
+
   async destroy(): Promise<void> {
+    for (const e of this.execs) void e.process.destroy();
     this.kill(137);
     // A destroyed VM produces no more output: whatever is buffered is dropped.
     if (!this.done) {

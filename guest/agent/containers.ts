@@ -1,29 +1,28 @@
 /**
- * Containers inside the guest: OCI bundles handed to crun, their init process, its stdio and exit.
+ * Containers inside the guest: OCI bundles handed to crun, their init process, the extra processes
+ * of `docker exec`, their stdio and exit.
  *
  * The agent never re-implements what the OCI runtime does (namespaces, USER, capabilities, mounts):
- * it writes config.json, runs `crun run`, and watches. `crun run` stays the parent of the container's
- * init for its whole life, which is what gives the agent the exit status (Node cannot reap a
- * process it did not spawn). Whether the container *started* is told apart from "started, then
- * failed" by crun's --pid-file: crun writes it only once the container is created and its
- * executable resolved; a `crun run` that exits without having written it failed to start, and its
+ * it writes config.json, runs `crun run` (an exec: `crun exec --process`), and watches. crun stays
+ * the parent of the process for its whole life, which is what gives the agent the exit status (Node
+ * cannot reap a process it did not spawn). Whether the process *started* is told apart from
+ * "started, then failed" by crun's --pid-file: crun writes it only once the process is created and
+ * its executable resolved; a crun that exits without having written it failed to start, and its
  * --log file says why (see start-failure.ts).
  *
- * Output: stdout and stderr are pipes that the agent only moves while a reader (ReadOutput) is
- * attached and keeping up. Until then each pipe holds at most Node's first read (one high-water
- * mark, 16-64 KiB) plus the kernel pipe buffer, after which the process blocks: backpressure, never
- * loss. Chunks go to the reader in the order the agent reads them; order across the two pipes is
- * the order in which they became readable, as with Docker's two FIFOs.
+ * Output and stdin: process-io.ts (backpressure, never loss).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import type { Readable, Writable } from 'node:stream';
 import { AgentError } from './errors';
+import { ProcessIO, type OutputSink } from './process-io';
 import { mkdirAllInRoot, readFileInRoot, waitForRootfs } from './rootfs-path';
-import { crunLogErrors, translateStartFailure } from './start-failure';
-import { parseGroup, parsePasswd, resolveUser, UserLookupError } from './users';
+import { crunLogErrors, translateExecFailure, translateStartFailure } from './start-failure';
+import { parseGroup, parsePasswd, resolveUser, UserLookupError, type ResolvedUser } from './users';
+
+export type { OutputSink } from './process-io';
 
 export interface ContainerManagerOptions {
   /** The crun binary (CAPSULE_CRUN). */
@@ -38,6 +37,20 @@ export interface ContainerManagerOptions {
   /** Scratch dir of warmUp() (default /run/capsule/warm-up) and the busybox it copies there. */
   warmUpDir?: string;
   warmUpBusybox?: string;
+  /** Where cgroup2 is mounted (default /sys/fs/cgroup): containers' cgroups, OOM kills, stats. */
+  cgroupRoot?: string;
+  /**
+   * The agent protected itself from the OOM killer (oom_score_adj -1000, main.ts): crun must then
+   * start at 0, or the container inherits -1000 (crun does not write the spec's oomScoreAdj of 0)
+   * and a container that exhausts the VM's memory leaves the kernel nothing to kill but panics.
+   */
+  resetOomScoreAdj?: boolean;
+}
+
+/** How crun is spawned: directly, or through sh resetting oom_score_adj to 0 first (see above). */
+function crunCommand(opts: ContainerManagerOptions, args: string[]): [string, string[]] {
+  if (!opts.resetOomScoreAdj) return [opts.crunPath, args];
+  return ['/bin/sh', ['-c', 'echo 0 >/proc/self/oom_score_adj && exec "$0" "$@"', opts.crunPath, ...args]];
 }
 
 /** The id of warmUp()'s throwaway container; no Docker id looks like it. */
@@ -55,28 +68,27 @@ export interface CreateContainerParams {
   workingDir: string;
 }
 
+export interface ExecParams {
+  containerId: string;
+  execId: string;
+  /** argv; env complete (the host merged the container's); "" cwd = the container's. */
+  args: string[];
+  env: string[];
+  workingDir: string;
+  /** Docker's User string ("" = the container's user), resolved as for CreateContainer. */
+  user: string;
+  openStdin: boolean;
+  tty: boolean;
+}
+
 export interface ExitStatus {
   exitCode: number;
   oomKilled: boolean;
 }
 
-/** Where a process's output goes: a ReadOutput stream, behind an interface so tests can fake it. */
-export interface OutputSink {
-  /** Returns false when the producer must wait for the drain listener before writing more. */
-  write(stream: 1 | 2, data: Buffer): boolean;
-  onceDrain(listener: () => void): void;
-  end(): void;
-}
-
 const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
 type Outcome = { kind: 'exited'; status: ExitStatus } | { kind: 'failed'; error: AgentError };
-
-interface Pipe {
-  stream: 1 | 2;
-  readable: Readable;
-  ended: boolean;
-}
 
 interface OciSpecShape {
   process?: {
@@ -87,6 +99,7 @@ interface OciSpecShape {
     user?: Record<string, unknown>;
   };
   root?: Record<string, unknown>;
+  linux?: { cgroupsPath?: unknown };
 }
 
 function deferred<T>(): { promise: Promise<T>; resolve: (v: T) => void } {
@@ -109,6 +122,191 @@ async function processStartTime(pid: number): Promise<string | undefined> {
   }
 }
 
+/** Polls for crun's pid file until it appears (started) or crun exits without it (failed). */
+async function waitForPidFile(pidFile: string, exit: Promise<unknown>): Promise<number | undefined> {
+  let crunGone = false;
+  void exit.then(() => (crunGone = true));
+  let interval = 2;
+  for (;;) {
+    const finalCheck = crunGone;
+    try {
+      const pid = Number.parseInt(await fs.readFile(pidFile, 'utf8'), 10);
+      if (Number.isInteger(pid) && pid > 0) return pid;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    if (finalCheck) return undefined;
+    await Promise.race([sleep(interval), exit]);
+    interval = Math.min(interval * 2, 25);
+  }
+}
+
+/** crun's exit as Docker reports it: the status, or 128 + the signal that ended it. */
+function crunExit(child: ChildProcess): Promise<ExitStatus | Error> {
+  return new Promise<ExitStatus | Error>((resolve) => {
+    child.once('error', (err) => resolve(err));
+    child.once('exit', (code, signal) => {
+      const signo = signal ? (osConstants.signals[signal] ?? 0) : 0;
+      resolve({ exitCode: code ?? 128 + signo, oomKilled: false });
+    });
+  });
+}
+
+/** The last error crun logged (--log-format=json), or a fallback naming its status. */
+async function lastCrunError(logFile: string, crunStatus: number): Promise<string> {
+  let logged: string[] = [];
+  try {
+    logged = crunLogErrors(await fs.readFile(logFile, 'utf8'));
+  } catch {
+    // no log: fall back to the status below
+  }
+  return logged[logged.length - 1] ?? `crun exited with status ${crunStatus} before starting the process`;
+}
+
+/** Sends `signo` to `pid` unless it is gone or recycled (its start time changed). */
+async function signalPid(pid: number, startTime: string | undefined, signo: number): Promise<void> {
+  if ((await processStartTime(pid)) !== startTime) return;
+  try {
+    process.kill(pid, signo);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+  }
+}
+
+function checkSignal(signo: number): void {
+  if (!Number.isInteger(signo) || signo < 1 || signo > 64) {
+    throw new AgentError('InvalidArgument', `invalid signal: ${signo}`);
+  }
+}
+
+/** Reads the oom_kill count of a cgroup's memory.events (0 when there is none yet). */
+export async function oomKillCount(memoryEventsFile: string): Promise<number> {
+  try {
+    const text = await fs.readFile(memoryEventsFile, 'utf8');
+    const m = /^oom_kill (\d+)$/m.exec(text);
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * One `docker exec` process: `crun exec --process <process.json>` in a running container. As with
+ * `crun run`, crun stays the parent of the process and exits with its status, and writes its
+ * --pid-file only once the process runs; without it the exec failed to start, and the --log says
+ * why. Its stdio works as the init's (ProcessIO).
+ */
+class Exec {
+  readonly io: ProcessIO;
+  private pid?: number;
+  private startTime?: string;
+  private readonly outcome = deferred<ExitStatus>();
+  exited = false;
+  /** WaitProcess has reported the status: with the output finished, the exec can be forgotten. */
+  waited = false;
+
+  constructor(
+    readonly id: string,
+    readonly dir: string,
+    openStdin: boolean,
+    private readonly executable: string,
+    private readonly opts: ContainerManagerOptions,
+  ) {
+    this.io = new ProcessIO(`exec ${id}`, openStdin, opts.log);
+  }
+
+  get processPid(): number | undefined {
+    return this.pid;
+  }
+
+  /** Starts the process; resolves with its pid, or rejects with dockerd's message and status 126. */
+  async start(containerId: string): Promise<number> {
+    const pidFile = path.join(this.dir, 'pid');
+    const logFile = path.join(this.dir, 'crun.log');
+    const child = spawn(
+      ...crunCommand(this.opts, [
+        `--log=file:${logFile}`,
+        '--log-format=json',
+        '--root',
+        this.opts.crunRoot,
+        'exec',
+        '--process',
+        path.join(this.dir, 'process.json'),
+        '--pid-file',
+        pidFile,
+        containerId,
+      ]),
+      { stdio: [this.io.openStdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], cwd: this.dir },
+    );
+    const exit = crunExit(child);
+    this.io.wire(child);
+    let pid: number | undefined;
+    try {
+      pid = await waitForPidFile(pidFile, exit);
+    } catch (err) {
+      child.kill('SIGKILL');
+      await exit;
+      this.fail();
+      throw new AgentError(
+        'Internal',
+        `cannot follow the start of exec ${this.id}: ${(err as Error).message}`,
+        126,
+      );
+    }
+    if (pid === undefined) {
+      const status = await exit;
+      this.fail();
+      if (status instanceof Error) {
+        throw new AgentError(
+          'Internal',
+          `cannot run OCI runtime ${this.opts.crunPath}: ${status.message}`,
+          126,
+        );
+      }
+      // What crun wrote to the process's stderr is its own error: dockerd shows only the message.
+      const failure = translateExecFailure(await lastCrunError(logFile, status.exitCode), this.executable);
+      throw new AgentError(failure.invalidConfig ? 'FailedPrecondition' : 'Unknown', failure.message, 126);
+    }
+    this.pid = pid;
+    this.startTime = await processStartTime(pid);
+    void exit.then((status) => {
+      const result: ExitStatus = status instanceof Error ? { exitCode: 126, oomKilled: false } : status;
+      this.opts.log('exec exited', { exec: this.id, exitCode: result.exitCode });
+      this.exited = true;
+      this.io.markExited();
+      this.outcome.resolve(result);
+    });
+    return pid;
+  }
+
+  private fail() {
+    this.exited = true;
+    this.io.discard();
+  }
+
+  async signal(signo: number): Promise<void> {
+    checkSignal(signo);
+    if (this.exited || this.pid === undefined) return;
+    await signalPid(this.pid, this.startTime, signo);
+  }
+
+  async wait(): Promise<ExitStatus> {
+    const status = await this.outcome.promise;
+    this.waited = true;
+    return status;
+  }
+
+  kill(): void {
+    if (this.pid !== undefined && !this.exited) {
+      try {
+        process.kill(this.pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  }
+}
+
 class Container {
   state: 'created' | 'starting' | 'running' | 'stopped' = 'created';
   private child?: ChildProcess;
@@ -116,12 +314,8 @@ class Container {
   private initStartTime?: string;
   private readonly outcome = deferred<Outcome>();
   private exited = false;
-  private pipes: Pipe[] = [];
-  /** Chunks read but not yet taken by a reader (only ever non-empty across a reader change). */
-  private pending: { stream: 1 | 2; data: Buffer }[] = [];
-  private sink?: OutputSink;
-  private outputDone = false;
-  private stdinClosed = false;
+  readonly io: ProcessIO;
+  readonly execs = new Map<string, Exec>();
 
   constructor(
     readonly id: string,
@@ -129,13 +323,27 @@ class Container {
     readonly openStdin: boolean,
     private readonly executable: string,
     private readonly opts: ContainerManagerOptions,
-  ) {}
+    /** The rootfs in the guest, and the process of config.json (the base of every exec's). */
+    readonly rootfs: string,
+    readonly baseProcess: Record<string, unknown>,
+    /** The container's cgroup dir (crun's cgroupsPath under the cgroup2 mount). */
+    readonly cgroupDir: string,
+  ) {
+    this.io = new ProcessIO(`container ${id}`, openStdin, opts.log);
+  }
 
   private get pidFile() {
     return path.join(this.bundleDir, 'init.pid');
   }
   private get logFile() {
     return path.join(this.bundleDir, 'crun.log');
+  }
+  /**
+   * The parent of the container's cgroup counts OOM kills of the container's processes (memory.events
+   * is hierarchical) and, unlike the container's own, survives `crun run` removing that cgroup.
+   */
+  private get memoryEventsFile() {
+    return path.join(path.dirname(this.cgroupDir), 'memory.events');
   }
 
   async start(): Promise<void> {
@@ -145,9 +353,9 @@ class Container {
     this.state = 'starting';
     await fs.rm(this.pidFile, { force: true });
     await fs.rm(this.logFile, { force: true });
+    const oomBefore = await oomKillCount(this.memoryEventsFile);
     const child = spawn(
-      this.opts.crunPath,
-      [
+      ...crunCommand(this.opts, [
         `--log=file:${this.logFile}`,
         '--log-format=json',
         '--root',
@@ -158,23 +366,16 @@ class Container {
         '--pid-file',
         this.pidFile,
         this.id,
-      ],
+      ]),
       { stdio: [this.openStdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], cwd: this.bundleDir },
     );
     this.child = child;
-    const exit = new Promise<ExitStatus | Error>((resolve) => {
-      child.once('error', (err) => resolve(err));
-      child.once('exit', (code, signal) => {
-        const signo = signal ? (osConstants.signals[signal] ?? 0) : 0;
-        resolve({ exitCode: code ?? 128 + signo, oomKilled: false });
-      });
-    });
-    child.stdin?.on('error', () => undefined); // EPIPE once the process is gone: nothing to do.
-    this.wireOutput(child);
+    const exit = crunExit(child);
+    this.io.wire(child);
 
     let pid: number | undefined;
     try {
-      pid = await this.waitForPidFile(exit);
+      pid = await waitForPidFile(this.pidFile, exit);
     } catch (err) {
       // Cannot tell whether it started: make sure it did not, and report the agent's failure.
       child.kill('SIGKILL');
@@ -187,7 +388,7 @@ class Container {
       this.state = 'stopped';
       this.exited = true;
       this.outcome.resolve({ kind: 'failed', error });
-      this.maybeFinishOutput();
+      this.io.markExited();
       throw error;
     }
     if (pid === undefined) {
@@ -199,10 +400,7 @@ class Container {
           `cannot run OCI runtime ${this.opts.crunPath}: ${status.message}`,
           128,
         );
-        for (const p of this.pipes) {
-          p.ended = true;
-          p.readable.destroy();
-        }
+        this.io.discard();
       } else {
         error = await this.startFailure(status.exitCode);
       }
@@ -210,51 +408,30 @@ class Container {
       this.opts.log('container failed to start', { id: this.id, error: error.message });
       this.exited = true;
       this.outcome.resolve({ kind: 'failed', error });
-      this.maybeFinishOutput();
+      this.io.markExited();
       throw error;
     }
     this.initPid = pid;
     this.initStartTime = await processStartTime(pid);
     this.state = 'running';
-    void exit.then((status) => {
+    void exit.then(async (status) => {
+      const result: ExitStatus = status instanceof Error ? { exitCode: 128, oomKilled: false } : status;
+      // Docker's OOMKilled: the OOM killer ended a process of this container during the run.
+      result.oomKilled = (await oomKillCount(this.memoryEventsFile)) > oomBefore;
       this.state = 'stopped';
       this.exited = true;
-      const result: ExitStatus = status instanceof Error ? { exitCode: 128, oomKilled: false } : status;
-      this.opts.log('container exited', { id: this.id, exitCode: result.exitCode });
+      this.opts.log('container exited', {
+        id: this.id,
+        exitCode: result.exitCode,
+        oomKilled: result.oomKilled,
+      });
       this.outcome.resolve({ kind: 'exited', status: result });
-      this.maybeFinishOutput();
+      this.io.markExited();
     });
   }
 
-  /** Polls for crun's pid file until it appears (started) or crun exits without it (failed). */
-  private async waitForPidFile(exit: Promise<unknown>): Promise<number | undefined> {
-    let crunGone = false;
-    void exit.then(() => (crunGone = true));
-    let interval = 2;
-    for (;;) {
-      const finalCheck = crunGone;
-      try {
-        const pid = Number.parseInt(await fs.readFile(this.pidFile, 'utf8'), 10);
-        if (Number.isInteger(pid) && pid > 0) return pid;
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      }
-      if (finalCheck) return undefined;
-      await Promise.race([sleep(interval), exit]);
-      interval = Math.min(interval * 2, 25);
-    }
-  }
-
   private async startFailure(crunStatus: number): Promise<AgentError> {
-    let logged: string[] = [];
-    try {
-      logged = crunLogErrors(await fs.readFile(this.logFile, 'utf8'));
-    } catch {
-      // no log: fall back to the status below
-    }
-    const crunMessage =
-      logged[logged.length - 1] ?? `crun exited with status ${crunStatus} before starting the process`;
-    const failure = translateStartFailure(crunMessage, this.executable);
+    const failure = translateStartFailure(await lastCrunError(this.logFile, crunStatus), this.executable);
     return new AgentError(
       failure.invalidConfig ? 'FailedPrecondition' : 'Unknown',
       failure.message,
@@ -262,151 +439,37 @@ class Container {
     );
   }
 
-  // ---- output -------------------------------------------------------------------------------
-
-  private wireOutput(child: ChildProcess) {
-    const streams: [1 | 2, Readable | null][] = [
-      [1, child.stdout],
-      [2, child.stderr],
-    ];
-    for (const [stream, readable] of streams) {
-      if (!readable) continue;
-      const pipe: Pipe = { stream, readable, ended: false };
-      // Paused before the 'data' listener goes on, so attaching it does not start the flow.
-      readable.pause();
-      readable.on('data', (data: Buffer) => this.deliver(stream, data));
-      const finish = () => {
-        if (pipe.ended) return;
-        pipe.ended = true;
-        this.maybeFinishOutput();
-      };
-      readable.on('end', finish);
-      readable.on('error', (err) => {
-        this.opts.log('output pipe error', { id: this.id, stream, error: err.message });
-        finish();
-      });
-      this.pipes.push(pipe);
-    }
-    if (this.sink) this.resumeOutput();
-  }
-
-  private deliver(stream: 1 | 2, data: Buffer) {
-    const sink = this.sink;
-    if (!sink) {
-      // Cannot happen while the pipes are paused without a reader; keep the data rather than lose it.
-      this.pauseOutput();
-      this.pending.push({ stream, data });
-      return;
-    }
-    if (!sink.write(stream, data)) {
-      this.pauseOutput();
-      sink.onceDrain(() => {
-        if (this.sink === sink) this.resumeOutput();
-      });
-    }
-  }
-
-  private pauseOutput() {
-    for (const p of this.pipes) p.readable.pause();
-  }
-
-  private resumeOutput() {
-    const sink = this.sink;
-    if (!sink) return;
-    while (this.pending.length > 0) {
-      const chunk = this.pending.shift() as { stream: 1 | 2; data: Buffer };
-      if (!sink.write(chunk.stream, chunk.data)) {
-        sink.onceDrain(() => {
-          if (this.sink === sink) this.resumeOutput();
-        });
-        return;
-      }
-    }
-    for (const p of this.pipes) if (!p.ended) p.readable.resume();
-    this.maybeFinishOutput();
-  }
-
-  private maybeFinishOutput() {
-    if (this.outputDone || !this.exited || this.pending.length > 0) return;
-    if (this.pipes.some((p) => !p.ended)) return;
-    this.outputDone = true;
-    const sink = this.sink;
-    this.sink = undefined;
-    sink?.end();
-  }
-
-  /** Attaches the one reader; returns the function that detaches it (reader gone). */
   attachOutput(sink: OutputSink): () => void {
-    if (this.sink) {
-      throw new AgentError('AlreadyExists', `the output of container ${this.id} is already being read`);
-    }
-    if (this.outputDone) {
-      sink.end();
-      return () => undefined;
-    }
-    this.sink = sink;
-    this.resumeOutput();
-    return () => {
-      if (this.sink !== sink) return;
-      this.sink = undefined;
-      this.pauseOutput();
-    };
+    return this.io.attachOutput(sink);
   }
 
   // ---- stdin, signals, exit -----------------------------------------------------------------
 
-  private stdin(): Writable | undefined {
-    if (!this.openStdin) {
-      throw new AgentError('FailedPrecondition', `container ${this.id} was not created with an open stdin`);
-    }
+  private checkStarted(): void {
     if (this.state === 'created' || this.state === 'starting') {
       throw new AgentError('FailedPrecondition', `container ${this.id} is not running`);
     }
-    if (this.stdinClosed || this.exited) return undefined;
-    return this.child?.stdin ?? undefined;
   }
 
-  /** Resolves once the pipe took the data (backpressure: waits while the process does not read). */
   async writeStdin(data: Buffer): Promise<void> {
-    const stdin = this.stdin();
-    if (!stdin || stdin.destroyed || data.length === 0) return;
-    await new Promise<void>((resolve) => {
-      const onDone = () => {
-        stdin.off('close', onDone);
-        stdin.off('drain', onDone);
-        resolve();
-      };
-      stdin.once('close', onDone); // process gone: the data is dropped, as a closed pipe would
-      if (stdin.write(data)) onDone();
-      else stdin.once('drain', onDone);
-    });
+    if (this.openStdin) this.checkStarted();
+    await this.io.writeStdin(data);
   }
 
-  /** Idempotent; a no-op for a process without an open stdin (it reads /dev/null). */
   closeStdin(): void {
     if (!this.openStdin) return;
-    const stdin = this.stdin();
-    this.stdinClosed = true;
-    stdin?.end();
+    this.checkStarted();
+    this.io.closeStdin();
   }
 
   async signal(signo: number): Promise<void> {
-    if (!Number.isInteger(signo) || signo < 1 || signo > 64) {
-      throw new AgentError('InvalidArgument', `invalid signal: ${signo}`);
-    }
-    if (this.state === 'created' || this.state === 'starting') {
-      throw new AgentError('FailedPrecondition', `container ${this.id} is not running`);
-    }
+    checkSignal(signo);
+    this.checkStarted();
     const pid = this.initPid;
     if (this.exited || pid === undefined) return;
     // crun stays the parent of the init process until it has reaped it, so while crun runs the pid
     // is the init's; the start time guards against the pid having been recycled since.
-    if ((await processStartTime(pid)) !== this.initStartTime) return;
-    try {
-      process.kill(pid, signo);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
-    }
+    await signalPid(pid, this.initStartTime, signo);
   }
 
   async wait(): Promise<ExitStatus> {
@@ -417,6 +480,7 @@ class Container {
 
   /** Kills the container's init at once (agent shutdown). */
   kill(): void {
+    for (const exec of this.execs.values()) exec.kill();
     if (this.initPid !== undefined && !this.exited) {
       try {
         process.kill(this.initPid, 'SIGKILL');
@@ -429,6 +493,17 @@ class Container {
   done(): Promise<unknown> {
     return this.outcome.promise;
   }
+}
+
+/** Resolves Docker's User string against the rootfs's /etc/passwd and /etc/group (read in the root). */
+async function resolveUserInRoot(rootfs: string, user: string): Promise<ResolvedUser> {
+  const passwd = await readFileInRoot(rootfs, '/etc/passwd');
+  const group = await readFileInRoot(rootfs, '/etc/group');
+  return resolveUser(
+    user,
+    passwd === undefined ? undefined : parsePasswd(passwd),
+    group === undefined ? undefined : parseGroup(group),
+  );
 }
 
 export class ContainerManager {
@@ -485,13 +560,7 @@ export class ContainerManager {
 
     let user;
     try {
-      const passwd = await readFileInRoot(rootfs, '/etc/passwd');
-      const group = await readFileInRoot(rootfs, '/etc/group');
-      user = resolveUser(
-        params.user,
-        passwd === undefined ? undefined : parsePasswd(passwd),
-        group === undefined ? undefined : parseGroup(group),
-      );
+      user = await resolveUserInRoot(rootfs, params.user);
     } catch (err) {
       if (err instanceof UserLookupError) throw new AgentError('Unknown', err.message, 128);
       throw err;
@@ -524,35 +593,160 @@ export class ContainerManager {
     await fs.mkdir(bundleDir, { recursive: true, mode: 0o700 });
     await fs.writeFile(path.join(bundleDir, 'config.json'), JSON.stringify(spec), { mode: 0o600 });
     this.opts.log('container created', { id, user: params.user, uid: user.uid });
-    return new Container(id, bundleDir, params.openStdin, args[0] as string, this.opts);
+    const cgroupsPath = typeof spec.linux?.cgroupsPath === 'string' ? spec.linux.cgroupsPath : `/${id}`;
+    return new Container(
+      id,
+      bundleDir,
+      params.openStdin,
+      args[0] as string,
+      this.opts,
+      rootfs,
+      { ...proc, user: { ...proc.user, username: params.user } },
+      path.join(this.cgroupRoot, cgroupsPath),
+    );
   }
 
-  private get(containerId: string, execId: string): Container {
+  get cgroupRoot(): string {
+    return this.opts.cgroupRoot ?? '/sys/fs/cgroup';
+  }
+
+  private container(containerId: string): Container {
     const c = this.containers.get(containerId);
     if (c === undefined || c === 'creating')
       throw new AgentError('NotFound', `no such container: ${containerId}`);
+    return c;
+  }
+
+  private get(containerId: string, execId: string): Container {
+    const c = this.container(containerId);
     if (execId !== '')
       throw new AgentError('NotFound', `no such exec: ${execId} in container ${containerId}`);
     return c;
+  }
+
+  private execOf(containerId: string, execId: string): Exec {
+    const exec = this.container(containerId).execs.get(execId);
+    if (!exec) throw new AgentError('NotFound', `no such exec: ${execId} in container ${containerId}`);
+    return exec;
+  }
+
+  /** The container's rootfs in the guest and its cgroup dir (top, stats). */
+  describe(containerId: string): { rootfs: string; cgroupDir: string; running: boolean } {
+    const c = this.container(containerId);
+    return { rootfs: c.rootfs, cgroupDir: c.cgroupDir, running: c.state === 'running' };
   }
 
   start(containerId: string): Promise<void> {
     return this.get(containerId, '').start();
   }
   attachOutput(containerId: string, execId: string, sink: OutputSink): () => void {
+    if (execId !== '') {
+      const exec = this.execOf(containerId, execId);
+      const detach = exec.io.attachOutput(sink);
+      return detach;
+    }
     return this.get(containerId, execId).attachOutput(sink);
   }
   writeStdin(containerId: string, execId: string, data: Buffer): Promise<void> {
+    if (execId !== '') return this.execOf(containerId, execId).io.writeStdin(data);
     return this.get(containerId, execId).writeStdin(data);
   }
   closeStdin(containerId: string, execId: string): void {
+    if (execId !== '') return this.execOf(containerId, execId).io.closeStdin();
     this.get(containerId, execId).closeStdin();
   }
   signal(containerId: string, execId: string, signo: number): Promise<void> {
+    if (execId !== '') return this.execOf(containerId, execId).signal(signo);
     return this.get(containerId, execId).signal(signo);
   }
-  wait(containerId: string, execId: string): Promise<ExitStatus> {
-    return this.get(containerId, execId).wait();
+  async wait(containerId: string, execId: string): Promise<ExitStatus> {
+    if (execId === '') return this.get(containerId, execId).wait();
+    const container = this.container(containerId);
+    const exec = this.execOf(containerId, execId);
+    const status = await exec.wait();
+    this.forgetWhenDone(container, exec);
+    return status;
+  }
+
+  /** An exec whose status was reported and output read is forgotten (its dir removed). */
+  private forgetWhenDone(container: Container, exec: Exec): void {
+    if (!exec.waited || !exec.io.finished) return;
+    if (container.execs.get(exec.id) === exec) container.execs.delete(exec.id);
+    void fs.rm(exec.dir, { recursive: true, force: true }).catch(() => undefined);
+  }
+
+  /** Output of an exec ended: forget it once waited too. */
+  outputFinished(containerId: string, execId: string): void {
+    if (execId === '') return;
+    const c = this.containers.get(containerId);
+    if (c === undefined || c === 'creating') return;
+    const exec = c.execs.get(execId);
+    if (exec) this.forgetWhenDone(c, exec);
+  }
+
+  /**
+   * Runs an extra process in a running container (docker exec): its process.json is the
+   * container's process with the exec's args, env, cwd and user (resolved in the guest as for
+   * CreateContainer; HOME from passwd when env has none). Resolves with its pid once it runs; a
+   * failure to start carries dockerd's message and exit status 126.
+   */
+  async exec(params: ExecParams): Promise<number> {
+    const container = this.container(params.containerId);
+    const execId = params.execId;
+    if (!CONTAINER_ID.test(execId))
+      throw new AgentError('InvalidArgument', `invalid exec id: ${JSON.stringify(execId)}`);
+    if (container.execs.has(execId)) throw new AgentError('AlreadyExists', `exec ${execId} already exists`);
+    if (container.state !== 'running')
+      throw new AgentError('FailedPrecondition', `container ${container.id} is not running`, 126);
+    if (params.tty) throw new AgentError('InvalidArgument', 'terminal (tty) execs are not supported yet');
+    if (params.args.length === 0 || params.args.some((a) => typeof a !== 'string'))
+      throw new AgentError('InvalidArgument', 'No exec command specified');
+
+    const base = container.baseProcess;
+    const userString =
+      params.user !== '' ? params.user : String((base.user as { username?: unknown }).username ?? '');
+    let user: ResolvedUser;
+    try {
+      user = await resolveUserInRoot(container.rootfs, userString);
+    } catch (err) {
+      if (err instanceof UserLookupError) throw new AgentError('Unknown', err.message, 126);
+      throw err;
+    }
+    const env = [...params.env];
+    if (!env.some((e) => e.startsWith('HOME='))) env.push(`HOME=${user.home}`);
+    let cwd = params.workingDir !== '' ? params.workingDir : String(base.cwd ?? '/');
+    if (!path.posix.isAbsolute(cwd)) {
+      throw new AgentError(
+        'InvalidArgument',
+        `the working directory '${cwd}' is invalid, it needs to be an absolute path`,
+        126,
+      );
+    }
+    cwd = path.posix.normalize(cwd);
+    const processSpec = {
+      ...base,
+      terminal: false,
+      args: params.args,
+      env,
+      cwd,
+      user: { uid: user.uid, gid: user.gid, additionalGids: user.additionalGids },
+    };
+
+    const dir = path.join(container.bundleDir, 'execs', execId);
+    await fs.rm(dir, { recursive: true, force: true });
+    await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+    await fs.writeFile(path.join(dir, 'process.json'), JSON.stringify(processSpec), { mode: 0o600 });
+    const exec = new Exec(execId, dir, params.openStdin, params.args[0] as string, this.opts);
+    container.execs.set(execId, exec);
+    try {
+      const pid = await exec.start(container.id);
+      this.opts.log('exec started', { id: container.id, exec: execId, pid });
+      return pid;
+    } catch (err) {
+      container.execs.delete(execId);
+      await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+      throw err;
+    }
   }
 
   /**

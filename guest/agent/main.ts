@@ -95,6 +95,22 @@ async function dockerNetworkSysctls(): Promise<void> {
   }
 }
 
+/**
+ * The VM's RAM is the container's memory limit (--memory sizes the VM), so a container that runs out
+ * of it meets the kernel's OOM killer, which must pick the container's process, never the agent:
+ * the agent has to survive to report exit 137 and OOMKilled. Children inherit the value, so crun is
+ * started at 0 again (containers.ts crunCommand).
+ */
+async function protectFromOomKiller(): Promise<boolean> {
+  try {
+    await fs.writeFile('/proc/self/oom_score_adj', '-1000');
+    return true;
+  } catch (err) {
+    log('cannot set oom_score_adj', { error: (err as Error).message });
+    return false;
+  }
+}
+
 async function serve(fromSnapshot: boolean): Promise<void> {
   // Before the first use of libuv's thread pool (a snapshot kept the build's environment, not ours).
   process.env.UV_THREADPOOL_SIZE ??= '6';
@@ -108,6 +124,9 @@ async function serve(fromSnapshot: boolean): Promise<void> {
     : { nodeStarted: bundleStartedAfterMs, modulesLoaded: loadedAfterMs };
   const phase = (name: string) => (phases[name] = uptimeMs() - times.startMs);
 
+  const listen = process.env.CAPSULE_AGENT_LISTEN;
+  // In the guest only: on the host (tests) the agent is one process among many.
+  const oomProtected = listen ? false : await protectFromOomKiller();
   const bundlesDir = process.env.CAPSULE_BUNDLE_DIR ?? '/run/capsule/bundles';
   await fs.mkdir(bundlesDir, { recursive: true, mode: 0o700 });
   const manager = new ContainerManager({
@@ -117,6 +136,7 @@ async function serve(fromSnapshot: boolean): Promise<void> {
     log,
     warmUpDir: process.env.CAPSULE_WARMUP_DIR,
     warmUpBusybox: process.env.CAPSULE_WARMUP_BUSYBOX,
+    resetOomScoreAdj: oomProtected,
   });
   const server = new grpc.Server();
   server.addService(service, createAgentService(manager, times));
@@ -133,7 +153,6 @@ async function serve(fromSnapshot: boolean): Promise<void> {
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));
 
-  const listen = process.env.CAPSULE_AGENT_LISTEN;
   if (listen) {
     await bind(server, listen);
     times.readyMs = uptimeMs();

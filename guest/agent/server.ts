@@ -6,8 +6,10 @@ import * as grpc from '@grpc/grpc-js';
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
+import { ArchiveService } from './archive';
 import type { ContainerManager, OutputSink } from './containers';
 import { AgentError, type AgentErrorKind } from './errors';
+import { containerStats, listProcesses } from './stats';
 
 export const AGENT_VERSION = '0.1.0';
 export const EXIT_CODE_TRAILER = 'capsule-exit-code';
@@ -51,6 +53,17 @@ interface CreateContainerRequest {
   user: string;
   open_stdin: boolean;
   working_dir: string;
+}
+
+interface ExecProcessRequest {
+  container_id: string;
+  exec_id: string;
+  args: string[];
+  env: string[];
+  working_dir: string;
+  user: string;
+  open_stdin: boolean;
+  tty: boolean;
 }
 
 function unary<Req, Res>(
@@ -114,8 +127,13 @@ export function createAgentService(
         end: () => call.end(),
       };
       let detach: () => void;
+      const { container_id: containerId, exec_id: execId } = call.request;
+      sink.end = () => {
+        call.end();
+        manager.outputFinished(containerId, execId);
+      };
       try {
-        detach = manager.attachOutput(call.request.container_id, call.request.exec_id, sink);
+        detach = manager.attachOutput(containerId, execId, sink);
       } catch (err) {
         call.emit('error', toServiceError(err));
         return;
@@ -136,7 +154,142 @@ export function createAgentService(
       const status = await manager.wait(req.container_id, req.exec_id);
       return { exit_code: status.exitCode, oom_killed: status.oomKilled };
     }),
+    ExecProcess: unary(async (req: ExecProcessRequest) => ({
+      pid: await manager.exec({
+        containerId: req.container_id,
+        execId: req.exec_id,
+        args: req.args,
+        env: req.env,
+        workingDir: req.working_dir,
+        user: req.user,
+        openStdin: req.open_stdin,
+        tty: req.tty,
+      }),
+    })),
+    ListProcesses: unary(async (req: { container_id: string }) => {
+      const c = manager.describe(req.container_id);
+      const processes = await listProcesses(c.cgroupDir, c.rootfs);
+      return {
+        processes: processes.map((p) => ({
+          pid: p.pid,
+          ppid: p.ppid,
+          uid: p.uid,
+          user: p.user,
+          start_time_sec: p.startTimeSec,
+          cpu_time_ms: p.cpuTimeMs,
+          elapsed_ms: Math.round(p.elapsedSec * 1000),
+          tty: p.tty,
+          cmd: p.cmd,
+        })),
+      };
+    }),
+    StatsContainer: unary(async (req: { container_id: string }) => {
+      const c = manager.describe(req.container_id);
+      const s = await containerStats(c.cgroupDir);
+      return {
+        cpu_usage_ns: s.cpuUsageNs,
+        cpu_user_ns: s.cpuUserNs,
+        cpu_system_ns: s.cpuSystemNs,
+        throttling_periods: s.throttlingPeriods,
+        throttled_periods: s.throttledPeriods,
+        throttled_time_ns: s.throttledTimeNs,
+        system_cpu_ns: s.systemCpuNs,
+        online_cpus: s.onlineCpus,
+        memory_usage: s.memoryUsage,
+        memory_limit: s.memoryLimit,
+        memory_stat: s.memoryStat,
+        pids_current: s.pidsCurrent,
+        pids_limit: s.pidsLimit,
+        io: s.io,
+        networks: s.networks.map((n) => ({
+          name: n.name,
+          rx_bytes: n.rxBytes,
+          rx_packets: n.rxPackets,
+          rx_errors: n.rxErrors,
+          rx_dropped: n.rxDropped,
+          tx_bytes: n.txBytes,
+          tx_packets: n.txPackets,
+          tx_errors: n.txErrors,
+          tx_dropped: n.txDropped,
+        })),
+        read_time_ms: Date.now(),
+      };
+    }),
     PrepareShutdown: unary(() => runSync()),
     WarmUp: unary((req: { oci_spec_json: string }) => manager.warmUp(req.oci_spec_json)),
+    ...archiveHandlers(new ArchiveService((id) => manager.describe(id).rootfs)),
+  };
+}
+
+interface PathRequest {
+  container_id: string;
+  path: string;
+  container_name: string;
+}
+interface ArchiveInChunk extends PathRequest {
+  no_overwrite_dir_non_dir: boolean;
+  copy_uid_gid: boolean;
+  user: string;
+  data: Buffer;
+}
+
+/** StatPath, ArchiveOut, ArchiveIn (guest/agent/archive.ts does the work). */
+function archiveHandlers(archive: ArchiveService): grpc.UntypedServiceImplementation {
+  return {
+    StatPath: unary((req: PathRequest) => archive.stat(req.container_id, req.path, req.container_name)),
+
+    ArchiveOut: (
+      call: grpc.ServerWritableStream<PathRequest & { whole_rootfs: boolean }, { data: Buffer }>,
+    ) => {
+      const req = call.request;
+      void (async () => {
+        const tar = await archive.out(req.container_id, req.path, req.container_name, req.whole_rootfs);
+        call.on('cancelled', () => tar.destroy());
+        for await (const chunk of tar as AsyncIterable<Buffer>) {
+          if (!call.write({ data: chunk }))
+            await new Promise<void>((resolve) => call.once('drain', () => resolve()));
+        }
+        call.end();
+      })().catch((err: unknown) => call.emit('error', toServiceError(err)));
+    },
+
+    ArchiveIn: (
+      call: grpc.ServerReadableStream<ArchiveInChunk, Record<string, never>>,
+      callback: grpc.sendUnaryData<Record<string, never>>,
+    ) => {
+      const messages = call[Symbol.asyncIterator]() as AsyncIterator<ArchiveInChunk>;
+      void (async () => {
+        const first = await messages.next();
+        if (first.done) throw new AgentError('InvalidArgument', 'ArchiveIn: no request');
+        const head = first.value;
+        async function* data(): AsyncGenerator<Buffer> {
+          if (head.data.length > 0) yield head.data;
+          for (;;) {
+            const next = await messages.next();
+            if (next.done) return;
+            yield next.value.data;
+          }
+        }
+        const input = data();
+        await archive.in(
+          head.container_id,
+          head.path,
+          head.container_name,
+          {
+            noOverwriteDirNonDir: head.no_overwrite_dir_non_dir,
+            copyUidGid: head.copy_uid_gid,
+            user: head.user,
+          },
+          input,
+        );
+        // Whatever follows the tar's end (padding) is read so the call can complete.
+        for await (const _ of input) {
+          // discard
+        }
+      })().then(
+        () => callback(null, {}),
+        (err: unknown) => callback(toServiceError(err)),
+      );
+    },
   };
 }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { crunLogErrors, translateStartFailure } from './start-failure';
+import { crunLogErrors, translateExecFailure, translateStartFailure } from './start-failure';
 
 // crun 1.8's messages, as logged by `crun run` on this machine.
 describe('translateStartFailure', () => {
@@ -48,5 +48,31 @@ describe('crunLogErrors', () => {
       '',
     ].join('\n');
     assert.deepEqual(crunLogErrors(log), ['first', 'plain text']);
+  });
+});
+
+describe('translateExecFailure', () => {
+  it("runc's wording as dockerd shows it, exit 126 whatever the reason", () => {
+    const missing = translateExecFailure(
+      'executable file `nosuch` not found in $PATH: No such file or directory',
+      'nosuch',
+    );
+    assert.equal(
+      missing.message,
+      'OCI runtime exec failed: exec failed: unable to start container process: exec: "nosuch": executable file not found in $PATH',
+    );
+    assert.equal(missing.exitCode, 126);
+    const denied = translateExecFailure('open executable: Permission denied', '/etc/passwd');
+    assert.equal(
+      denied.message,
+      'OCI runtime exec failed: exec failed: unable to start container process: exec: "/etc/passwd": permission denied',
+    );
+    assert.equal(denied.exitCode, 126);
+    const cwd = translateExecFailure('chdir `/nonexist`: No such file or directory', 'pwd');
+    assert.equal(
+      cwd.message,
+      'OCI runtime exec failed: exec failed: unable to start container process: chdir to cwd ("/nonexist") set in config.json failed: no such file or directory',
+    );
+    assert.equal(translateExecFailure('something else broke', 'x').exitCode, 126);
   });
 });

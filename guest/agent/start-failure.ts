@@ -74,3 +74,25 @@ export function translateStartFailure(crunMessage: string, executable: string): 
   }
   return { message: PREFIX + crunMessage, exitCode: 128, invalidConfig: false };
 }
+
+const EXEC_PREFIX = 'OCI runtime exec failed: exec failed: ';
+
+/**
+ * Translates crun's error for an exec of `executable` into runc's wording as dockerd 20.10 shows it
+ * (`OCI runtime exec failed: exec failed: unable to start container process: exec: "X": executable
+ * file not found in $PATH`; dockerd appends `: unknown`). dockerd records exit status 126 for every
+ * exec that fails to start, whatever the reason (measured), so `exitCode` is 126 here.
+ */
+export function translateExecFailure(crunMessage: string, executable: string): StartFailure {
+  const chdir = /^chdir `(.*)`: (.*)$/.exec(crunMessage);
+  if (chdir) {
+    return {
+      message: `${EXEC_PREFIX}unable to start container process: chdir to cwd (${JSON.stringify(chdir[1] ?? '')}) set in config.json failed: ${(chdir[2] ?? '').toLowerCase()}`,
+      exitCode: 126,
+      invalidConfig: true,
+    };
+  }
+  const failure = translateStartFailure(crunMessage, executable);
+  const message = failure.message.startsWith(PREFIX) ? failure.message.slice(PREFIX.length) : failure.message;
+  return { message: EXEC_PREFIX + message, exitCode: 126, invalidConfig: failure.invalidConfig };
+}

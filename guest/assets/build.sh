@@ -3,7 +3,7 @@
 #
 #   vmlinuz        Debian's linux-image-*-cloud-amd64 kernel (apt-get download + dpkg -x, never installed)
 #   initrd.img     gzip'd newc cpio: static busybox + applet links, the virtio/fuse/overlay modules, /init
-#   agent.img      read-only ext4 (mkfs.ext4 -d, no loop mount): node, crun, their shared libraries,
+#   agent.img      read-only ext4 (mkfs.ext4 -d, no loop mount): node, crun, tini (static), their shared libraries,
 #                  agent.js, agent.proto, node's flags and the agent's V8 startup snapshot
 #                  (agent.tcg.blob, built in a TCG VM by runtime/agent-snapshot.ts); mounted at /agent
 #   manifest.json  { kernelRelease, kernel, initrd, agentDisk, inputsHash } read by runtime/guest-assets.ts
@@ -59,6 +59,9 @@ NODE_BIN=$(readlink -f "${CAPSULE_GUEST_NODE:-$(command -v node)}")
 CRUN_BIN=$(readlink -f "${CAPSULE_GUEST_CRUN:-$(command -v crun || true)}")
 [[ -x $NODE_BIN ]] || die "node not found"
 [[ -x $CRUN_BIN ]] || die "crun not found (Debian package crun)"
+# docker run --init: the OCI spec bind-mounts it read-only at /sbin/docker-init (runtime/oci-spec.ts).
+TINI_BIN=$(readlink -f "${CAPSULE_GUEST_TINI:-/usr/bin/tini-static}")
+[[ -x $TINI_BIN ]] || die "tini-static not found (Debian package tini)"
 AGENT_JS=${CAPSULE_AGENT_JS:-$ROOT/build/guest/agent.js}
 AGENT_PROTO=$ROOT/build/guest/agent.proto
 [[ -f $AGENT_PROTO ]] || AGENT_PROTO=$ROOT/guest/protocol/agent.proto
@@ -239,7 +242,7 @@ if [[ ! -x $CONSOLE_BIN || "$(cat "$OUT/.console.hash" 2>/dev/null)" != "$(sha "
   sha "$CONSOLE_SRC" >"$OUT/.console.hash"
 fi
 agent_inputs="$BUILD_SH_SHA $(sha "$NODE_BIN") $(sha "$CRUN_BIN") $(sha "$AGENT_PROTO") flags:$NODE_FLAGS"
-agent_inputs+=" console:$(sha "$CONSOLE_BIN")"
+agent_inputs+=" console:$(sha "$CONSOLE_BIN") tini:$(sha "$TINI_BIN")"
 if [[ -f $AGENT_JS ]]; then agent_inputs+=" $(sha "$AGENT_JS")"; else agent_inputs+=" stub"; fi
 # The snapshot also depends on the VM that builds it: its builder, the initramfs and QEMU's CPU model.
 snapshot_builder=$ROOT/dist/runtime/agent-snapshot.js
@@ -264,6 +267,7 @@ if [[ ! -f $OUT/agent.img || "$(cat "$OUT/.agent.hash" 2>/dev/null)" != "$agent_
   mkdir -p "$stage/bin" "$stage/lib"
   cp "$NODE_BIN" "$stage/bin/node"
   cp "$CRUN_BIN" "$stage/bin/crun"
+  cp "$TINI_BIN" "$stage/bin/tini"
   cp "$CONSOLE_BIN" "$stage/bin/capsule-console"
   for lib in "${LIBS[@]}"; do cp -L "$lib" "$stage/lib/$(basename "$lib")"; done
   cp "$AGENT_PROTO" "$stage/agent.proto"

@@ -1,0 +1,100 @@
+/**
+ * `docker commit` (POST /commit): the container's writable layer becomes a new image on top of its
+ * image (images/commit.ts builds and registers it). The layer is read on the host from the
+ * overlay upper dir with lstat only; a running container's VM is paused meanwhile (dockerd pauses
+ * the container by default, `pause=0` opts out) so the layer does not change under the reader.
+ * The whole commit runs under the container lock (ContainerService.withFilesystem): no start,
+ * stop bookkeeping or removal overlaps it.
+ */
+import { messageOf } from '../common/errdefs';
+import type { Logger } from '../common/logger';
+import type { CommitRequest, ImageCommitter } from '../images/commit';
+import type { ImageRuntimeConfig } from '../images/types';
+import type { FilesystemProvider } from './archive';
+import type { ContainerConfig } from './types';
+
+export interface CommitOptions {
+  container: string;
+  repository?: string;
+  tag?: string;
+  comment?: string;
+  author?: string;
+  changes?: string[];
+  /** dockerd's default is true. */
+  pause: boolean;
+}
+
+/** container.Config in Docker's JSON shape (what an image config's "config" holds). */
+export function dockerConfigOf(c: ContainerConfig): ImageRuntimeConfig {
+  return {
+    Hostname: c.hostname,
+    Domainname: c.domainname,
+    User: c.user,
+    AttachStdin: c.attachStdin,
+    AttachStdout: c.attachStdout,
+    AttachStderr: c.attachStderr,
+    ...(c.exposedPorts ? { ExposedPorts: c.exposedPorts } : {}),
+    Tty: c.tty,
+    OpenStdin: c.openStdin,
+    StdinOnce: c.stdinOnce,
+    Env: c.env ?? [],
+    Cmd: c.cmd,
+    ...(c.healthcheck ? { Healthcheck: c.healthcheck as unknown as ImageRuntimeConfig['Healthcheck'] } : {}),
+    ArgsEscaped: c.argsEscaped,
+    Image: c.image,
+    Volumes: c.volumes ?? undefined,
+    WorkingDir: c.workingDir,
+    Entrypoint: c.entrypoint,
+    NetworkDisabled: c.networkDisabled,
+    MacAddress: c.macAddress,
+    OnBuild: c.onBuild,
+    Labels: c.labels ?? {},
+    ...(c.stopSignal ? { StopSignal: c.stopSignal } : {}),
+    ...(c.stopTimeout !== null ? { StopTimeout: c.stopTimeout } : {}),
+    ...(c.shell ? { Shell: c.shell } : {}),
+  };
+}
+
+export class ContainerCommitter {
+  constructor(
+    private readonly containers: FilesystemProvider,
+    private readonly images: ImageCommitter,
+    private readonly dockerVersion: string,
+    private readonly log: Logger,
+  ) {}
+
+  /** Returns the new image id. */
+  async commit(options: CommitOptions): Promise<string> {
+    return this.containers.withFilesystem(options.container, async (cfs) => {
+      const { record } = cfs;
+      const request: CommitRequest = {
+        parentId: record.imageId,
+        upperDir: cfs.upperDir,
+        containerId: record.id,
+        containerConfig: dockerConfigOf(record.config),
+        createdBy: [record.path, ...record.args].join(' '),
+        dockerVersion: this.dockerVersion,
+        ...(options.repository !== undefined ? { repository: options.repository } : {}),
+        ...(options.tag !== undefined ? { tag: options.tag } : {}),
+        ...(options.comment !== undefined ? { comment: options.comment } : {}),
+        ...(options.author !== undefined ? { author: options.author } : {}),
+        ...(options.changes !== undefined ? { changes: options.changes } : {}),
+      };
+      const sandbox = cfs.sandbox;
+      const pause = options.pause && sandbox !== undefined && !record.state.paused;
+      if (pause) await sandbox.pause();
+      try {
+        return (await this.images.commit(request)).id;
+      } finally {
+        if (pause) {
+          await sandbox.resume().catch((err: unknown) =>
+            this.log.error('cannot resume a container after commit', {
+              id: record.id,
+              error: messageOf(err),
+            }),
+          );
+        }
+      }
+    });
+  }
+}

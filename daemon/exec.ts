@@ -1,0 +1,281 @@
+/**
+ * Exec instances (`docker exec`): created against a running container, started once, inspected
+ * for their exit code, as dockerd 20.10 keeps them (daemon/exec.go), measured against the reference
+ * dockerd on this machine:
+ *
+ * - create needs a running container: 409 `Container <id> is not running` (paused and restarting
+ *   have their own messages), 400 `No exec command specified`; publishes `exec_create: <cmd> <args>`;
+ * - start: 404 `No such exec instance: <id>`; 409 `Error: Exec command <id> is already running` /
+ *   `… has already run`; publishes `exec_start: <cmd> <args>`; a process that cannot start leaves
+ *   ExitCode 126 (for every reason: not found, not executable, unknown user, missing cwd) and no
+ *   exec_die; one that ran publishes `exec_die` with its exitCode once its output is drained, and
+ *   its ExitCode is recorded before the output stream closes (the CLI inspects right after);
+ * - the process's environment is the container's (PATH, HOSTNAME, TERM for a tty, Config.Env)
+ *   with the exec's Env replacing or appending, its user and working dir default to the
+ *   container's (resolved in the guest);
+ * - ExecIDs of a container lists the execs created or running, not those that ended; instances are
+ *   kept (inspectable) until the container is removed.
+ */
+import {
+  ConflictError,
+  InvalidParameterError,
+  NotFoundError,
+  NotImplementedError,
+  messageOf,
+} from '../common/errdefs';
+import type { Logger } from '../common/logger';
+import type { ExitResult, OutputChunk, RunningExec, RunningSandbox } from '../runtime/types';
+import { generateId, shortId } from './ids';
+import { processEnv } from './merge';
+import type { ContainerConfig } from './types';
+
+export interface ExecCreateOptions {
+  cmd: string[];
+  env: string[];
+  workingDir: string;
+  user: string;
+  tty: boolean;
+  attachStdin: boolean;
+  attachStdout: boolean;
+  attachStderr: boolean;
+  privileged: boolean;
+  detachKeys: string;
+}
+
+/** An exec instance as inspect shows it (the API layer encodes the wire shape). */
+export interface ExecView {
+  id: string;
+  containerId: string;
+  running: boolean;
+  exitCode: number | null;
+  pid: number;
+  tty: boolean;
+  entrypoint: string;
+  arguments: string[];
+  privileged: boolean;
+  user: string;
+  openStdin: boolean;
+  openStdout: boolean;
+  openStderr: boolean;
+  detachKeys: string;
+}
+
+/** A running container as exec needs it. */
+export interface ExecTarget {
+  id: string;
+  sandbox: RunningSandbox;
+  config: ContainerConfig;
+}
+
+/** What the exec service needs from the container service. */
+export interface ExecContainers {
+  /** The container to run in; NotFound, or Conflict when it is not running (dockerd's words). */
+  execTarget(ref: string): ExecTarget;
+  /** Publishes a container event with the container's attributes plus `extra`. */
+  publishContainerEvent(containerId: string, action: string, extra: Record<string, string>): void;
+}
+
+/** Where a started exec's output goes and where its stdin comes from (attached start). */
+export interface ExecStreams {
+  /** Returns false when the consumer needs a pause (then `drained`). */
+  write(chunk: OutputChunk): boolean;
+  drained(): Promise<void>;
+  /** Client stdin (when AttachStdin); its end closes the process's stdin. */
+  stdin?: AsyncIterable<Buffer>;
+}
+
+interface ExecInstance {
+  view: ExecView;
+  env: string[];
+  workingDir: string;
+  started: boolean;
+  process?: RunningExec;
+  /** Settles once the exit is recorded. */
+  done?: Promise<void>;
+}
+
+/** dockerd appends the containerd status (": unknown") to an OCI runtime's exec failure. */
+function startFailureMessage(err: unknown): string {
+  const message = messageOf(err);
+  return message.startsWith('OCI runtime') && !message.endsWith(': unknown')
+    ? `${message}: unknown`
+    : message;
+}
+
+export class ExecService {
+  private readonly execs = new Map<string, ExecInstance>();
+
+  constructor(
+    private readonly containers: ExecContainers,
+    private readonly log: Logger,
+  ) {}
+
+  create(ref: string, options: ExecCreateOptions): string {
+    const target = this.containers.execTarget(ref);
+    if (options.cmd.length === 0) throw new InvalidParameterError('No exec command specified');
+    const [entrypoint, ...args] = options.cmd as [string, ...string[]];
+    const id = generateId();
+    const config = target.config;
+    const env = processEnv({ ...config, tty: options.tty, env: [...(config.env ?? []), ...options.env] });
+    this.execs.set(id, {
+      view: {
+        id,
+        containerId: target.id,
+        running: false,
+        exitCode: null,
+        pid: 0,
+        tty: options.tty,
+        entrypoint,
+        arguments: args,
+        privileged: options.privileged,
+        user: options.user,
+        openStdin: options.attachStdin,
+        openStdout: options.attachStdout,
+        openStderr: options.attachStderr,
+        detachKeys: options.detachKeys,
+      },
+      env,
+      workingDir: options.workingDir,
+      started: false,
+    });
+    this.containers.publishContainerEvent(target.id, `exec_create: ${entrypoint} ${args.join(' ')}`, {
+      execID: id,
+    });
+    return id;
+  }
+
+  private get(id: string): ExecInstance {
+    const exec = this.execs.get(id);
+    if (!exec) throw new NotFoundError(`No such exec instance: ${id}`);
+    return exec;
+  }
+
+  /** 404 when there is no such exec (checked before a start hijacks the connection). */
+  exists(id: string): void {
+    this.get(id);
+  }
+
+  inspect(id: string): ExecView {
+    return { ...this.get(id).view };
+  }
+
+  /** ExecIDs of a container: the execs created or running. */
+  execIdsOf(containerId: string): string[] {
+    const ids: string[] = [];
+    for (const e of this.execs.values()) {
+      if (e.view.containerId === containerId && e.view.exitCode === null) ids.push(e.view.id);
+    }
+    return ids;
+  }
+
+  /** The container was removed: its execs go with it. */
+  forgetContainer(containerId: string): void {
+    for (const [id, e] of this.execs) if (e.view.containerId === containerId) this.execs.delete(id);
+  }
+
+  /**
+   * Starts the exec. Detached (no `streams`): resolves once the process runs. Attached: resolves
+   * once the process exited, its output went to `streams` and its exit was recorded. A failure to
+   * start rejects (the route writes it into the stream when it already hijacked).
+   */
+  async start(id: string, streams?: ExecStreams): Promise<void> {
+    const exec = this.get(id);
+    const view = exec.view;
+    if (view.exitCode !== null) throw new ConflictError(`Error: Exec command ${id} has already run`);
+    if (exec.started) throw new ConflictError(`Error: Exec command ${id} is already running`);
+    const target = this.containers.execTarget(view.containerId);
+    if (view.tty) {
+      // The CLI inspects the exec after the stream closes: give it a failed status, not none.
+      view.exitCode = 126;
+      throw new NotImplementedError('exec with a terminal (-t) is not supported yet by this daemon');
+    }
+    exec.started = true;
+    view.running = true;
+    this.containers.publishContainerEvent(
+      view.containerId,
+      `exec_start: ${view.entrypoint} ${view.arguments.join(' ')}`,
+      { execID: id },
+    );
+    let proc: RunningExec;
+    try {
+      proc = await target.sandbox.exec({
+        execId: id,
+        args: [view.entrypoint, ...view.arguments],
+        env: exec.env,
+        cwd: exec.workingDir,
+        user: view.user,
+        openStdin: view.openStdin,
+        tty: view.tty,
+      });
+    } catch (err) {
+      view.running = false;
+      view.exitCode = 126;
+      throw new Error(startFailureMessage(err), { cause: err });
+    }
+    exec.process = proc;
+    view.pid = proc.pid;
+    const log = this.log.child({ container: shortId(view.containerId), exec: shortId(id) });
+    if (view.openStdin && streams?.stdin) void this.pumpStdin(proc, streams.stdin, log);
+    else if (view.openStdin && !streams) void proc.closeStdin().catch(() => undefined);
+    const pumped = this.pumpOutput(proc, view, streams, log);
+    exec.done = (async () => {
+      const [result] = await Promise.all([proc.exited, pumped]);
+      this.recordExit(exec, result);
+    })();
+    if (streams) await exec.done;
+  }
+
+  private recordExit(exec: ExecInstance, result: ExitResult): void {
+    const view = exec.view;
+    view.running = false;
+    view.exitCode = result.exitCode;
+    this.containers.publishContainerEvent(view.containerId, 'exec_die', {
+      execID: view.id,
+      exitCode: String(result.exitCode),
+    });
+  }
+
+  /** Moves output to the client (attached streams only) or drops it; never leaves it unread. */
+  private async pumpOutput(
+    proc: RunningExec,
+    view: ExecView,
+    streams: ExecStreams | undefined,
+    log: Logger,
+  ): Promise<void> {
+    try {
+      for await (const chunk of proc.output as AsyncIterable<OutputChunk>) {
+        if (!streams) continue;
+        if ((chunk.stream === 1 && !view.openStdout) || (chunk.stream === 2 && !view.openStderr)) continue;
+        if (!streams.write(chunk)) await streams.drained();
+      }
+    } catch (err) {
+      log.debug('exec output ended', { error: messageOf(err) });
+    }
+  }
+
+  private async pumpStdin(proc: RunningExec, input: AsyncIterable<Buffer>, log: Logger): Promise<void> {
+    let bytes = 0;
+    try {
+      for await (const data of input) {
+        bytes += (data as Buffer).length;
+        await proc.writeStdin(data);
+      }
+      log.debug('exec stdin closed by the client', { bytes });
+    } catch (err) {
+      log.debug('exec stdin ended', { error: messageOf(err) });
+    }
+    await proc.closeStdin().catch(() => undefined);
+  }
+
+  /**
+   * Terminal size of an exec: there are no terminal execs yet, so a running one accepts it as a
+   * no-op (dockerd answers 200 for a running exec without a tty); otherwise 404 as dockerd.
+   */
+  resize(id: string, height: number, width: number): void {
+    const exec = this.get(id);
+    if (!Number.isInteger(height) || !Number.isInteger(width) || height < 0 || width < 0) {
+      throw new InvalidParameterError('invalid terminal size');
+    }
+    if (!exec.view.running) throw new NotFoundError('no such exec');
+  }
+}
