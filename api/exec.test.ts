@@ -259,13 +259,62 @@ describe('exec through the API', () => {
     assert.deepEqual(r.json(), { message: `Container ${stopped.id} is not running` });
   });
 
-  it('Tty execs are refused with a clear error for now', async () => {
-    const execId = await createExec({ Cmd: ['sh'], Tty: true, AttachStdout: true });
-    const r = await request(h.socketPath, 'POST', `/v1.41/exec/${execId}/start`, {
-      body: { Detach: true, Tty: true },
+  it('Tty exec: raw stream, ConsoleSize then resize reach the process, detach keys end the attachment only', async () => {
+    const execId = await createExec({
+      Cmd: ['sh', '-c', 'echo out; echo err >&2; cat'],
+      Tty: true,
+      AttachStdin: true,
+      AttachStdout: true,
+      AttachStderr: true,
+      DetachKeys: 'ctrl-x,x',
     });
-    assert.equal(r.status, 501);
-    assert.match(r.json<{ message: string }>().message, /terminal/);
+    const conn = new RawConnection(h.socketPath);
+    const body = JSON.stringify({ Detach: false, Tty: true, ConsoleSize: [30, 100] });
+    conn.write(
+      `POST /v1.43/exec/${execId}/start HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n` +
+        `Content-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+    );
+    await conn.until((d) => d.includes('err\r\n'));
+    const sandbox = h.runtime.latest(id);
+    const exec = sandbox?.execs.find((e) => e.spec.execId === execId);
+    assert.deepEqual(exec?.spec.consoleSize, [30, 100]);
+    assert.equal(exec?.spec.tty, true);
+    const resize = await request(h.socketPath, 'POST', `/v1.41/exec/${execId}/resize?h=40&w=120`);
+    assert.equal(resize.status, 200);
+    assert.deepEqual(exec?.process.resizes, [[40, 120]]);
+    conn.write('ab\x18c\x18');
+    await conn.until((d) => d.includes('ab\x18c'));
+    conn.write('x'); // completes ctrl-x,x: the server ends the stream
+    await conn.untilEnd(5000);
+    const { head, body: raw } = conn.split();
+    assert.match(head, /^HTTP\/1.1 101 UPGRADED\r\n/);
+    assert.match(head, /Content-Type: application\/vnd.docker.raw-stream/);
+    assert.equal(raw.toString(), 'out\r\nerr\r\nab\x18c');
+    // The process goes on, its stdin still open.
+    const view = await inspectExec(execId);
+    assert.equal(view.Running, true);
+    assert.equal(exec?.process.stdinClosed, false);
+    await exec?.process.signal(9);
+  });
+
+  it('Tty exec: the end of the client stdin ends the attachment, not the process', async () => {
+    const execId = await createExec({ Cmd: ['cat'], Tty: true, AttachStdin: true, AttachStdout: true });
+    const { body } = await startUpgraded(execId, 'hello');
+    assert.equal(body.toString(), 'hello');
+    const exec = h.runtime.latest(id)?.execs.find((e) => e.spec.execId === execId);
+    assert.equal((await inspectExec(execId)).Running, true);
+    assert.equal(exec?.process.stdinClosed, false);
+    await exec?.process.signal(9);
+    await eventually(async () => ((await inspectExec(execId)).ExitCode === 137 ? true : undefined), 5000);
+  });
+
+  it('exec resize of an exec without a tty is accepted and not passed on', async () => {
+    const execId = await createExec({ Cmd: ['sleep', '0.5'] });
+    await request(h.socketPath, 'POST', `/v1.41/exec/${execId}/start`, { body: { Detach: true } });
+    const r = await request(h.socketPath, 'POST', `/v1.41/exec/${execId}/resize?h=5&w=6`);
+    assert.equal(r.status, 200);
+    const exec = h.runtime.latest(id)?.execs.find((e) => e.spec.execId === execId);
+    assert.deepEqual(exec?.process.resizes, []);
   });
 
   it('dockerode (testcontainers path): exec, hijacked start, demux, inspect', async () => {

@@ -24,6 +24,19 @@ export interface CommitOptions {
   pause: boolean;
 }
 
+/** HealthConfig in Docker's JSON shape (Test, Interval, …; zero fields left out, as Go's omitempty). */
+function upperHealthcheck(
+  hc: NonNullable<ContainerConfig['healthcheck']>,
+): ImageRuntimeConfig['Healthcheck'] {
+  const out: NonNullable<ImageRuntimeConfig['Healthcheck']> = {};
+  if (hc.test && hc.test.length > 0) out.Test = [...hc.test];
+  if (hc.interval) out.Interval = hc.interval;
+  if (hc.timeout) out.Timeout = hc.timeout;
+  if (hc.startPeriod) out.StartPeriod = hc.startPeriod;
+  if (hc.retries) out.Retries = hc.retries;
+  return out;
+}
+
 /** container.Config in Docker's JSON shape (what an image config's "config" holds). */
 export function dockerConfigOf(c: ContainerConfig): ImageRuntimeConfig {
   return {
@@ -39,7 +52,7 @@ export function dockerConfigOf(c: ContainerConfig): ImageRuntimeConfig {
     StdinOnce: c.stdinOnce,
     Env: c.env ?? [],
     Cmd: c.cmd,
-    ...(c.healthcheck ? { Healthcheck: c.healthcheck as unknown as ImageRuntimeConfig['Healthcheck'] } : {}),
+    ...(c.healthcheck ? { Healthcheck: upperHealthcheck(c.healthcheck) } : {}),
     ArgsEscaped: c.argsEscaped,
     Image: c.image,
     Volumes: c.volumes ?? undefined,

@@ -560,9 +560,11 @@ describe('update', () => {
       events.map((e) => e.action),
       ['update'],
     );
-    // The next start sizes the VM from the updated memory.
+    // The next start limits the container to the updated memory, in a VM that much larger than it
+    // (guest kernel and agent beside the container).
     await daemon.containerStart(id);
-    assert.equal(runtime.latest(id)?.spec.resources.memoryMiB, 100);
+    assert.equal(runtime.latest(id)?.spec.options?.memoryLimitBytes, 100 << 20);
+    assert.equal(runtime.latest(id)?.spec.resources.memoryMiB, 100 + 128);
   });
 
   it('refuses what dockerd refuses', async () => {

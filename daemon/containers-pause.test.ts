@@ -242,6 +242,7 @@ describe('container options in the daemon', () => {
       privileged: false,
       ulimits: [{ name: 'nofile', soft: 10, hard: 20 }],
       init: true,
+      memoryLimitBytes: 0,
     });
   });
 

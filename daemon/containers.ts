@@ -50,6 +50,7 @@ import {
   readOptionsOf,
   validateLogOptions,
 } from './logs';
+import { probeCommand, startingHealth } from './health';
 import { commandOf, mergeImageConfig, processEnv } from './merge';
 import { PortAllocator, portMapOf, portRequestsOf, type PublishedPort } from './ports';
 import {
@@ -68,11 +69,13 @@ import type {
   AttachOptions,
   AttachSession,
   AttachSink,
+  ContainerConfig,
   ContainerRecord,
   ContainerState,
   ContainerStatus,
   ContainerView,
   CreateContainerRequest,
+  HealthState,
   CreateContainerResult,
   ListContainersOptions,
   LogEntry,
@@ -99,6 +102,8 @@ const DEFAULT_STOP_TIMEOUT_S = 10;
 /** After SIGKILL, how long a sandbox may take to report the exit before it is destroyed. */
 const KILL_GRACE_MS = 5000;
 const DEFAULT_MEMORY_MIB = 256;
+/** RAM a VM needs beside its container: guest kernel, agent (node), page cache headroom. */
+const GUEST_MEMORY_OVERHEAD_MIB = 128;
 const DEFAULT_VCPUS = 1;
 
 /** dockerd's State.StateString(). */
@@ -613,6 +618,10 @@ export class ContainerService {
             error: '',
           });
           r.state.startedAt = formatRFC3339Nano(nowNs());
+          // dockerd's initHealthMonitor: "starting" (log kept) before the start returns; the
+          // probing itself is daemon/health.ts's, on the start event.
+          if (probeCommand(r.config.healthcheck, r.config.shell))
+            r.state.health = startingHealth(r.state.health);
           if (manual) {
             r.restartCount = 0;
             r.hasBeenManuallyStopped = false;
@@ -670,9 +679,13 @@ export class ContainerService {
         user: record.config.user,
         openStdin: record.config.openStdin,
         tty: record.config.tty,
+        consoleSize: record.hostConfig.consoleSize,
       },
       resources: {
-        memoryMiB: memory > 0 ? Math.max(64, Math.ceil(memory / (1024 * 1024))) : DEFAULT_MEMORY_MIB,
+        // -m limits the container (its cgroup, runtime/oci-spec.ts); the VM also holds the guest
+        // kernel and the agent, so it gets that much more (a VM of -m alone did not boot below ~128m).
+        memoryMiB:
+          memory > 0 ? Math.ceil(memory / (1024 * 1024)) + GUEST_MEMORY_OVERHEAD_MIB : DEFAULT_MEMORY_MIB,
         vcpus:
           record.hostConfig.nanoCpus > 0
             ? Math.max(1, Math.ceil(record.hostConfig.nanoCpus / 1e9))
@@ -695,8 +708,10 @@ export class ContainerService {
     const log = this.log.child({ container: shortId(id) });
     const pump = (async () => {
       for await (const chunk of sandbox.output as AsyncIterable<OutputChunk>) {
-        writer?.write(chunk);
+        // Both the log and the attached clients apply backpressure: nothing is lost, nothing piles up.
+        const written = writer?.write(chunk);
         const wait = live.hub.broadcast(chunk);
+        if (written) await written;
         if (wait) await wait;
       }
     })().catch((err: unknown) => log.warn('output stream failed', { error: String(err) }));
@@ -984,7 +999,9 @@ export class ContainerService {
   async resize(ref: string, height: number, width: number): Promise<void> {
     const { record, run } = this.runningRun(ref);
     if (!run) throw new ConflictError(`Container ${record.id} is not running`);
-    // The runtime has no terminal resize yet: accepted (as dockerd, with its event) and ignored.
+    // A container without a tty accepts it too (dockerd: the shim ignores it), with the event. A
+    // paused VM cannot answer: the size is not applied then (the agent would only time out).
+    if (!record.state.paused) await run.sandbox.resize(height, width);
     this.publish(record, 'resize', { height: String(height), width: String(width) });
   }
 
@@ -1195,6 +1212,34 @@ export class ContainerService {
     return { id: record.id, sandbox: run.sandbox, config: record.config };
   }
 
+  /** What the healthchecks (daemon/health.ts) read of a container; undefined once it is gone. */
+  healthTarget(
+    id: string,
+  ):
+    | { config: ContainerConfig; startedAt: string; running: boolean; paused: boolean; health?: HealthState }
+    | undefined {
+    const record = this.store.get(id);
+    if (!record) return undefined;
+    const { running, paused, startedAt, health } = record.state;
+    return { config: record.config, startedAt, running, paused, health };
+  }
+
+  /**
+   * Records State.Health; dropped when the container is gone, and for `when: 'running'` (probe
+   * results) once it no longer runs, for `'stopped'` (the monitor's end) once it runs again.
+   */
+  async setHealth(id: string, health: HealthState, when: 'running' | 'stopped' = 'running'): Promise<void> {
+    await this.store.withLock(id, async () => {
+      const record = this.store.get(id);
+      if (!record) return;
+      const probing = record.state.running && !record.state.paused;
+      if (when === 'running' ? !record.state.running : probing) return;
+      await this.store.updateLocked(id, (r) => {
+        r.state.health = health;
+      });
+    });
+  }
+
   /** A container event (exec_create …) with the container's attributes and `extra`. */
   publishContainerEvent(containerId: string, action: string, extra: Record<string, string>): void {
     const record = this.store.get(containerId);
@@ -1216,6 +1261,7 @@ export class ContainerService {
     return {
       containerId: id,
       tty: record.config.tty,
+      stdin: wantsStdin,
       start: (sink: AttachSink) => {
         if (!options.stream) {
           if (!options.logs) return sink.close();
@@ -1402,6 +1448,7 @@ export function containerOptionsOf(hostConfig: HostConfig): ContainerOptions {
     privileged: p.Privileged === true,
     ulimits,
     init: p.Init === true,
+    memoryLimitBytes: hostConfig.memory > 0 ? hostConfig.memory : 0,
   };
 }
 

@@ -25,6 +25,7 @@ import {
 import { ContainerCommitter, type CommitOptions } from './commit';
 import { ContainerService, RUNTIME_NAME } from './containers';
 import { ExecService, type ExecCreateOptions, type ExecStreams, type ExecView } from './exec';
+import { execProbes, HealthcheckService } from './health';
 import { ContainerMonitor, type StatsSample, type TopResult } from './top-stats';
 import {
   DaemonImages,
@@ -105,6 +106,7 @@ export class Daemon {
   private readonly committer: ContainerCommitter;
   private readonly execs: ExecService;
   private readonly monitor: ContainerMonitor;
+  private readonly healthchecks: HealthcheckService;
 
   constructor(
     readonly config: DaemonConfig,
@@ -125,6 +127,13 @@ export class Daemon {
     );
     this.execs = new ExecService(containers, log.child({ component: 'exec' }));
     this.monitor = new ContainerMonitor(containers);
+    this.healthchecks = new HealthcheckService(
+      events,
+      containers,
+      execProbes(this.execs, (id) => containers.healthTarget(id)?.config),
+      log.child({ component: 'health' }),
+    );
+    this.healthchecks.start();
   }
 
   // ---- containers -----------------------------------------------------------------------------
@@ -182,16 +191,16 @@ export class Daemon {
     this.execs.exists(id);
   }
 
-  execStart(id: string, streams?: ExecStreams): Promise<void> {
-    return this.execs.start(id, streams);
+  execStart(id: string, streams?: ExecStreams, consoleSize?: [number, number]): Promise<void> {
+    return this.execs.start(id, streams, consoleSize);
   }
 
   execInspect(id: string): ExecView {
     return this.execs.inspect(id);
   }
 
-  execResize(id: string, height: number, width: number): void {
-    this.execs.resize(id, height, width);
+  execResize(id: string, height: number, width: number): Promise<void> {
+    return this.execs.resize(id, height, width);
   }
 
   containerTop(ref: string): Promise<TopResult> {
@@ -398,6 +407,7 @@ export class Daemon {
   /** Stops every container's sandbox and records their exits. */
   async shutdown(): Promise<void> {
     this.log.info('daemon shutting down');
+    await this.healthchecks.shutdown();
     await this.containers.shutdown();
   }
 }

@@ -13,16 +13,13 @@
  * - the process's environment is the container's (PATH, HOSTNAME, TERM for a tty, Config.Env)
  *   with the exec's Env replacing or appending, its user and working dir default to the
  *   container's (resolved in the guest);
+ * - a Tty exec runs on a terminal (one raw output stream), sized from the start's ConsoleSize and
+ *   POST /exec/{id}/resize; with a Tty the end of the client's stdin (or its detach keys, seen by
+ *   the API layer) ends the attachment only, the process goes on (dockerd's AttachConfig.TTY);
  * - ExecIDs of a container lists the execs created or running, not those that ended; instances are
  *   kept (inspectable) until the container is removed.
  */
-import {
-  ConflictError,
-  InvalidParameterError,
-  NotFoundError,
-  NotImplementedError,
-  messageOf,
-} from '../common/errdefs';
+import { ConflictError, InvalidParameterError, NotFoundError, messageOf } from '../common/errdefs';
 import type { Logger } from '../common/logger';
 import type { ExitResult, OutputChunk, RunningExec, RunningSandbox } from '../runtime/types';
 import { generateId, shortId } from './ids';
@@ -80,8 +77,13 @@ export interface ExecStreams {
   /** Returns false when the consumer needs a pause (then `drained`). */
   write(chunk: OutputChunk): boolean;
   drained(): Promise<void>;
-  /** Client stdin (when AttachStdin); its end closes the process's stdin. */
+  /** Client stdin (when AttachStdin); its end closes the process's stdin (not with a Tty). */
   stdin?: AsyncIterable<Buffer>;
+  /**
+   * Resolves when the client detached (Tty: detach keys, or the end of its stdin): start() then
+   * resolves at once and the process goes on, its output no longer sent to these streams.
+   */
+  detached?: Promise<void>;
 }
 
 interface ExecInstance {
@@ -89,6 +91,8 @@ interface ExecInstance {
   env: string[];
   workingDir: string;
   started: boolean;
+  /** The attached client went away (detach): output is drained, not sent. */
+  unattached?: boolean;
   process?: RunningExec;
   /** Settles once the exit is recorded. */
   done?: Promise<void>;
@@ -178,17 +182,12 @@ export class ExecService {
    * once the process exited, its output went to `streams` and its exit was recorded. A failure to
    * start rejects (the route writes it into the stream when it already hijacked).
    */
-  async start(id: string, streams?: ExecStreams): Promise<void> {
+  async start(id: string, streams?: ExecStreams, consoleSize?: [number, number]): Promise<void> {
     const exec = this.get(id);
     const view = exec.view;
     if (view.exitCode !== null) throw new ConflictError(`Error: Exec command ${id} has already run`);
     if (exec.started) throw new ConflictError(`Error: Exec command ${id} is already running`);
     const target = this.containers.execTarget(view.containerId);
-    if (view.tty) {
-      // The CLI inspects the exec after the stream closes: give it a failed status, not none.
-      view.exitCode = 126;
-      throw new NotImplementedError('exec with a terminal (-t) is not supported yet by this daemon');
-    }
     exec.started = true;
     view.running = true;
     this.containers.publishContainerEvent(
@@ -206,6 +205,7 @@ export class ExecService {
         user: view.user,
         openStdin: view.openStdin,
         tty: view.tty,
+        consoleSize: view.tty ? consoleSize : undefined,
       });
     } catch (err) {
       view.running = false;
@@ -215,14 +215,19 @@ export class ExecService {
     exec.process = proc;
     view.pid = proc.pid;
     const log = this.log.child({ container: shortId(view.containerId), exec: shortId(id) });
-    if (view.openStdin && streams?.stdin) void this.pumpStdin(proc, streams.stdin, log);
+    if (view.openStdin && streams?.stdin) void this.pumpStdin(proc, streams.stdin, !view.tty, log);
     else if (view.openStdin && !streams) void proc.closeStdin().catch(() => undefined);
-    const pumped = this.pumpOutput(proc, view, streams, log);
+    const pumped = this.pumpOutput(proc, exec, streams, log);
     exec.done = (async () => {
       const [result] = await Promise.all([proc.exited, pumped]);
       this.recordExit(exec, result);
     })();
-    if (streams) await exec.done;
+    if (!streams) return;
+    const detached = streams.detached?.then(() => {
+      exec.unattached = true;
+      log.debug('client detached from exec');
+    });
+    await (detached ? Promise.race([exec.done, detached]) : exec.done);
   }
 
   private recordExit(exec: ExecInstance, result: ExitResult): void {
@@ -238,13 +243,14 @@ export class ExecService {
   /** Moves output to the client (attached streams only) or drops it; never leaves it unread. */
   private async pumpOutput(
     proc: RunningExec,
-    view: ExecView,
+    exec: ExecInstance,
     streams: ExecStreams | undefined,
     log: Logger,
   ): Promise<void> {
+    const view = exec.view;
     try {
       for await (const chunk of proc.output as AsyncIterable<OutputChunk>) {
-        if (!streams) continue;
+        if (!streams || exec.unattached) continue;
         if ((chunk.stream === 1 && !view.openStdout) || (chunk.stream === 2 && !view.openStderr)) continue;
         if (!streams.write(chunk)) await streams.drained();
       }
@@ -253,7 +259,13 @@ export class ExecService {
     }
   }
 
-  private async pumpStdin(proc: RunningExec, input: AsyncIterable<Buffer>, log: Logger): Promise<void> {
+  /** `closeAtEnd`: the client's EOF closes the process's stdin (without a Tty; with one it stays open). */
+  private async pumpStdin(
+    proc: RunningExec,
+    input: AsyncIterable<Buffer>,
+    closeAtEnd: boolean,
+    log: Logger,
+  ): Promise<void> {
     let bytes = 0;
     try {
       for await (const data of input) {
@@ -264,18 +276,32 @@ export class ExecService {
     } catch (err) {
       log.debug('exec stdin ended', { error: messageOf(err) });
     }
-    await proc.closeStdin().catch(() => undefined);
+    if (closeAtEnd) await proc.closeStdin().catch(() => undefined);
+  }
+
+  /** Signals a running exec's process (a healthcheck probe past its timeout); no-op otherwise. */
+  async kill(id: string, signo: number): Promise<void> {
+    const exec = this.execs.get(id);
+    if (!exec?.process || !exec.view.running) return;
+    await exec.process.signal(signo).catch(() => undefined);
+  }
+
+  /** Forgets an exec that has ended (healthcheck probes: dockerd does not keep them around). */
+  remove(id: string): void {
+    const exec = this.execs.get(id);
+    if (exec && !exec.view.running) this.execs.delete(id);
   }
 
   /**
-   * Terminal size of an exec: there are no terminal execs yet, so a running one accepts it as a
-   * no-op (dockerd answers 200 for a running exec without a tty); otherwise 404 as dockerd.
+   * Terminal size of a running exec (SIGWINCH in the process); one without a tty accepts it as a
+   * no-op (dockerd answers 200); one that is not running: 404 as dockerd.
    */
-  resize(id: string, height: number, width: number): void {
+  async resize(id: string, height: number, width: number): Promise<void> {
     const exec = this.get(id);
     if (!Number.isInteger(height) || !Number.isInteger(width) || height < 0 || width < 0) {
       throw new InvalidParameterError('invalid terminal size');
     }
-    if (!exec.view.running) throw new NotFoundError('no such exec');
+    if (!exec.view.running || !exec.process) throw new NotFoundError('no such exec');
+    if (exec.view.tty) await exec.process.resize(height, width);
   }
 }

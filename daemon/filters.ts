@@ -39,6 +39,9 @@ export function validateContainerFilters(filters: FilterArgs): void {
       if (key === 'status' && !STATUSES.has(value)) {
         throw new InvalidParameterError(`Invalid filter 'status=${value}'`);
       }
+      if (key === 'health' && !['starting', 'healthy', 'unhealthy', 'none'].includes(value)) {
+        throw new InvalidParameterError(`Unrecognised filter value for health: ${value}`);
+      }
       if (key === 'exited' && !/^-?\d+$/.test(value)) {
         throw new InvalidParameterError(`strconv.Atoi: parsing "${value}": invalid syntax`);
       }
@@ -124,7 +127,9 @@ export function filterContainers(
     const ids = values('id');
     if (ids.length > 0 && !ids.some((v) => c.id.startsWith(v))) continue;
     const names = values('name');
-    if (names.length > 0 && !names.some((v) => regexMatches(v, c.name))) continue;
+    // moby matches the name with and without its leading "/" (`name=^web$` and `name=^/web$`).
+    if (names.length > 0 && !names.some((v) => regexMatches(v, c.name) || regexMatches(v, c.name.slice(1))))
+      continue;
     const labels = values('label');
     if (labels.length > 0 && !labels.every((v) => labelMatches(c.config.labels ?? {}, v))) continue;
     const statuses = values('status');
@@ -135,7 +140,8 @@ export function filterContainers(
     const ancestors = values('ancestor');
     if (ancestors.length > 0 && !ancestors.some((v) => ctx.imageMatches(v, c))) continue;
     const health = values('health');
-    if (health.length > 0 && !health.includes('none')) continue;
+    // moby: a container without a healthcheck is "none"; the others by State.Health.Status.
+    if (health.length > 0 && !health.includes(c.state.health?.status ?? 'none')) continue;
     const tasks = values('is-task');
     if (tasks.length > 0 && !tasks.includes('false')) continue;
     out.push(c);

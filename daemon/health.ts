@@ -16,8 +16,12 @@
  * - output (stdout and stderr together) is kept up to 4096 bytes, "..." marking a cut;
  * - the log keeps the last 5 results; an event `health_status: <status>` follows each change.
  */
-import { formatRFC3339Nano, nowNs } from './time';
-import type { HealthcheckConfig } from './types';
+import type { Logger } from '../common/logger';
+import type { ExecCreateOptions, ExecStreams, ExecView } from './exec';
+import { formatRFC3339Nano, nowNs, parseRFC3339Nano } from './time';
+import type { ContainerConfig, HealthcheckConfig, HealthcheckResult, HealthState } from './types';
+
+export type { HealthcheckResult, HealthState, HealthStatus } from './types';
 
 export const MAX_HEALTH_OUTPUT = 4096;
 export const MAX_HEALTH_LOG_ENTRIES = 5;
@@ -25,23 +29,6 @@ const NS_PER_MS = 1_000_000;
 export const DEFAULT_HEALTH_INTERVAL_NS = 30_000 * NS_PER_MS;
 export const DEFAULT_HEALTH_TIMEOUT_NS = 30_000 * NS_PER_MS;
 export const DEFAULT_HEALTH_RETRIES = 3;
-
-export type HealthStatus = 'starting' | 'healthy' | 'unhealthy';
-
-export interface HealthcheckResult {
-  /** RFC3339Nano. */
-  start: string;
-  end: string;
-  exitCode: number;
-  output: string;
-}
-
-/** State.Health (moby `types.Health`). */
-export interface HealthState {
-  status: HealthStatus;
-  failingStreak: number;
-  log: HealthcheckResult[];
-}
 
 export interface ProbeOutcome {
   exitCode: number;
@@ -235,4 +222,201 @@ export class HealthMonitor {
     this.state = { status, failingStreak, log };
     this.opts.onUpdate({ ...this.state, log: [...log] }, status !== before);
   }
+}
+
+// ---- the service: one monitor per running container with a healthcheck ---------------------------
+
+/** What the healthchecks need from the container service. */
+export interface HealthContainers {
+  /** The container's config and state; undefined once it is gone. */
+  healthTarget(
+    id: string,
+  ):
+    | { config: ContainerConfig; startedAt: string; running: boolean; paused: boolean; health?: HealthState }
+    | undefined;
+  /**
+   * Records State.Health (kept with the container's state). `when: 'running'` (probe results)
+   * records only while the container runs; `'stopped'` only while it is stopped or paused, so a
+   * late write cannot overwrite the "starting" of a start that came in between.
+   */
+  setHealth(id: string, health: HealthState, when?: 'running' | 'stopped'): Promise<void>;
+  publishContainerEvent(id: string, action: string, extra: Record<string, string>): void;
+}
+
+/** Runs a probe as an exec in the container (ExecService.runProbe). */
+export interface HealthProbes {
+  runProbe(containerId: string, argv: string[], signal: AbortSignal): Promise<ProbeOutcome>;
+}
+
+export interface HealthEvents {
+  subscribe(
+    options: { filters: Record<string, string[]> },
+    onEvent: (e: { type: string; action: string; actor: { id: string } }) => void,
+  ): { close(): void };
+}
+
+/**
+ * Follows the container events as dockerd's monitor does: `start` resets State.Health to
+ * "starting" (keeping the log) and starts probing, `unpause` resumes probing, `pause`, `die` and
+ * `destroy` stop it.
+ */
+export class HealthcheckService {
+  private readonly monitors = new Map<string, HealthMonitor>();
+  private subscription?: { close(): void };
+
+  constructor(
+    private readonly events: HealthEvents,
+    private readonly containers: HealthContainers,
+    private readonly probes: HealthProbes,
+    private readonly log: Logger,
+    private readonly clock: HealthClock = systemClock,
+  ) {}
+
+  start(): void {
+    this.subscription = this.events.subscribe(
+      { filters: { type: ['container'], event: ['start', 'unpause', 'pause', 'die', 'destroy'] } },
+      (e) => {
+        const id = e.actor.id;
+        if (e.action === 'start' || e.action === 'unpause') {
+          void this.begin(id).catch((err: unknown) =>
+            this.log.warn('healthcheck not started', { id, error: String(err) }),
+          );
+        } else if (e.action === 'destroy') {
+          void this.end(id);
+        } else {
+          void this.halt(id);
+        }
+      },
+    );
+  }
+
+  async shutdown(): Promise<void> {
+    this.subscription?.close();
+    await Promise.all([...this.monitors.keys()].map((id) => this.end(id)));
+  }
+
+  private async begin(id: string): Promise<void> {
+    await this.end(id);
+    const target = this.containers.healthTarget(id);
+    if (!target || !target.running || target.paused) return;
+    const command = probeCommand(target.config.healthcheck, target.config.shell);
+    if (!command || !target.config.healthcheck) return;
+    // The container service set "starting" as it started the container (dockerd does it in the
+    // start itself); a record from before healthchecks existed has none yet.
+    let state = target.health;
+    if (!state) {
+      state = startingHealth();
+      await this.containers.setHealth(id, state);
+    }
+    const startedAtNs = parseRFC3339Nano(target.startedAt) ?? this.clock.nowNs();
+    const monitor = new HealthMonitor({
+      config: target.config.healthcheck,
+      command,
+      startedAtNs,
+      state,
+      clock: this.clock,
+      run: (argv, signal) => this.probes.runProbe(id, argv, signal),
+      onUpdate: (next, changed) => {
+        if (this.monitors.get(id) !== monitor) return;
+        void this.containers
+          .setHealth(id, next)
+          .then(() => {
+            if (changed) this.containers.publishContainerEvent(id, `health_status: ${next.status}`, {});
+          })
+          .catch((err: unknown) => this.log.warn('health state not recorded', { id, error: String(err) }));
+      },
+    });
+    this.monitors.set(id, monitor);
+    monitor.start();
+  }
+
+  /**
+   * dockerd's CloseMonitorChannel on die and pause: probing stops and the status becomes
+   * "unhealthy" "for compatibility reasons" (streak and log kept); a later start resets it to
+   * "starting", an unpause resumes probing from there.
+   */
+  private async halt(id: string): Promise<void> {
+    if (!this.monitors.has(id)) return;
+    await this.end(id);
+    const health = this.containers.healthTarget(id)?.health;
+    if (!health) return;
+    await this.containers
+      .setHealth(id, { ...health, status: 'unhealthy' }, 'stopped')
+      .catch((err: unknown) => this.log.warn('health state not recorded', { id, error: String(err) }));
+  }
+
+  private async end(id: string): Promise<void> {
+    const monitor = this.monitors.get(id);
+    if (!monitor) return;
+    this.monitors.delete(id);
+    await monitor.stop();
+  }
+}
+
+/** What a probe needs of the exec service (daemon/exec.ts). */
+export interface ProbeExecs {
+  create(ref: string, options: ExecCreateOptions): string;
+  start(id: string, streams?: ExecStreams): Promise<void>;
+  inspect(id: string): ExecView;
+  kill(id: string, signo: number): Promise<void>;
+  remove(id: string): void;
+}
+
+const SIGKILL = 9;
+
+/**
+ * Probes as dockerd runs them (cmdProbe): an exec in the container with its user and working dir,
+ * stdout and stderr collected together, no stdin, no terminal; it shows in ExecIDs and publishes
+ * exec_create/exec_start/exec_die like any exec, and is forgotten once it ended.
+ */
+export function execProbes(
+  execs: ProbeExecs,
+  containerOf: (id: string) => ContainerConfig | undefined,
+): HealthProbes {
+  return {
+    async runProbe(containerId, argv, signal) {
+      const config = containerOf(containerId);
+      const id = execs.create(containerId, {
+        cmd: argv,
+        env: [],
+        workingDir: config?.workingDir ?? '',
+        user: config?.user ?? '',
+        tty: false,
+        attachStdin: false,
+        attachStdout: true,
+        attachStderr: true,
+        privileged: false,
+        detachKeys: '',
+      });
+      const chunks: Buffer[] = [];
+      let kept = 0;
+      // A kill before the exec's process exists is a no-op (it may still be starting in a slow
+      // VM), so an aborted probe is killed again until its start settles.
+      let retry: NodeJS.Timeout | undefined;
+      const kill = () => void execs.kill(id, SIGKILL).catch(() => undefined);
+      const onAbort = () => {
+        kill();
+        retry = setInterval(kill, 200);
+      };
+      signal.addEventListener('abort', onAbort);
+      try {
+        await execs.start(id, {
+          write: (chunk) => {
+            // One byte past the limit is enough to know the output was cut.
+            if (kept <= MAX_HEALTH_OUTPUT) {
+              chunks.push(chunk.data);
+              kept += chunk.data.length;
+            }
+            return true;
+          },
+          drained: () => Promise.resolve(),
+        });
+        return { exitCode: execs.inspect(id).exitCode ?? -1, output: Buffer.concat(chunks) };
+      } finally {
+        clearInterval(retry);
+        signal.removeEventListener('abort', onAbort);
+        execs.remove(id);
+      }
+    },
+  };
 }

@@ -41,6 +41,29 @@ async function collect(gen: AsyncIterable<LogEntry>): Promise<string[]> {
 }
 
 describe('json-file log writer', () => {
+  it('backpressure: past the high-water mark write() hands back a promise; nothing is lost', async () => {
+    const file = path.join(dir, 'bp-json.log');
+    const w = await JsonFileLogWriter.open(file);
+    w.beginRun();
+    const chunk = Buffer.from('y\n'.repeat(64 * 1024)); // 128 KiB of lines
+    let waits = 0;
+    for (let i = 0; i < 32; i++) {
+      // What the supervisor does: stop reading the container until the log caught up.
+      const wait = w.write({ stream: 1, data: chunk });
+      if (wait) {
+        waits++;
+        await wait;
+      }
+    }
+    assert.ok(waits > 0, 'the writer asked the reader to wait');
+    assert.equal(w.write({ stream: 1, data: Buffer.from('last\n') }), undefined, 'no wait once drained');
+    await w.endRun();
+    await w.close();
+    const got = await lines(file);
+    assert.equal(got.length, 32 * 64 * 1024 + 1);
+    assert.equal(got.at(-1)?.log, 'last\n');
+  });
+
   it('cuts lines at \\n, holds partial lines, flushes them at the end of the run', async () => {
     const file = path.join(dir, 'a-json.log');
     const w = await JsonFileLogWriter.open(file);

@@ -241,12 +241,17 @@ async function renameIfExists(from: string, to: string): Promise<void> {
  * Appends one container's output to its json-file log, rotating it by size. One writer per
  * container, shared by its runs; every file operation runs in one queue, in order.
  */
+/** Bytes of output the log writer queues before it makes the reader wait (see write()). */
+export const LOG_QUEUE_HIGH_WATER = 1 << 20;
+
 export class JsonFileLogWriter {
   private handle: FileHandle | undefined;
   /** Bytes in the current file. */
   private size = 0;
   private readonly partial = new Map<1 | 2, Buffer>();
   private chain: Promise<void> = Promise.resolve();
+  /** Output bytes queued and not yet written. */
+  private queuedBytes = 0;
   private readonly events = new EventEmitter();
   private runOpen = false;
   private closed = false;
@@ -277,8 +282,13 @@ export class JsonFileLogWriter {
     return this.runOpen;
   }
 
-  /** Takes a chunk of output; complete lines are queued for writing at once. */
-  write(chunk: OutputChunk): void {
+  /**
+   * Takes a chunk of output; complete lines are queued for writing at once. Returns a promise when
+   * more than LOG_QUEUE_HIGH_WATER bytes wait for the disk: the caller stops reading the container's
+   * output until it settles (backpressure to the guest, rather than the daemon's memory growing
+   * with whatever the container writes faster than the disk takes it).
+   */
+  write(chunk: OutputChunk): Promise<void> | undefined {
     const time = nowNs();
     const buffered = this.partial.get(chunk.stream);
     let data = buffered && buffered.length > 0 ? Buffer.concat([buffered, chunk.data]) : chunk.data;
@@ -297,6 +307,7 @@ export class JsonFileLogWriter {
     }
     this.partial.set(chunk.stream, Buffer.from(data));
     if (entries.length > 0) this.append(entries);
+    return this.queuedBytes > LOG_QUEUE_HIGH_WATER ? this.chain : undefined;
   }
 
   /** The run's output ended: flush partial lines, let followers finish. */
@@ -330,30 +341,43 @@ export class JsonFileLogWriter {
   }
 
   private append(entries: LogEntry[]): void {
+    let queued = 0;
+    for (const entry of entries) queued += entry.data.length;
+    this.queuedBytes += queued;
     void this.enqueue(async () => {
-      if (this.closed || !this.handle) return;
-      let pending: Buffer[] = [];
-      let pendingBytes = 0;
-      const flush = async (): Promise<void> => {
-        if (pendingBytes === 0 || !this.handle) return;
-        await this.handle.write(Buffer.concat(pending, pendingBytes));
-        this.size += pendingBytes;
-        pending = [];
-        pendingBytes = 0;
-      };
-      for (const entry of entries) {
-        // dockerd checks before each entry: a file that reached max-size is rotated first.
-        if (this.options.maxSize > 0 && this.size + pendingBytes >= this.options.maxSize) {
-          await flush();
-          await this.rotate();
-        }
-        const bytes = Buffer.from(encodeEntry(entry), 'utf8');
-        pending.push(bytes);
-        pendingBytes += bytes.length;
+      try {
+        await this.writeEntries(entries);
+      } finally {
+        // Inside the task: the queue's promise (what write() hands out) settles after this.
+        this.queuedBytes -= queued;
       }
-      await flush();
-      for (const entry of entries) this.events.emit('entry', entry);
     }).catch(() => undefined);
+  }
+
+  /** Caller is in the queue. */
+  private async writeEntries(entries: LogEntry[]): Promise<void> {
+    if (this.closed || !this.handle) return;
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    const flush = async (): Promise<void> => {
+      if (pendingBytes === 0 || !this.handle) return;
+      await this.handle.write(Buffer.concat(pending, pendingBytes));
+      this.size += pendingBytes;
+      pending = [];
+      pendingBytes = 0;
+    };
+    for (const entry of entries) {
+      // dockerd checks before each entry: a file that reached max-size is rotated first.
+      if (this.options.maxSize > 0 && this.size + pendingBytes >= this.options.maxSize) {
+        await flush();
+        await this.rotate();
+      }
+      const bytes = Buffer.from(encodeEntry(entry), 'utf8');
+      pending.push(bytes);
+      pendingBytes += bytes.length;
+    }
+    await flush();
+    for (const entry of entries) this.events.emit('entry', entry);
   }
 
   /** Caller is in the queue. Shifts the rotated files and starts an empty current file. */

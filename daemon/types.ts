@@ -14,6 +14,24 @@ export interface HealthcheckConfig {
   retries?: number;
 }
 
+export type HealthStatus = 'starting' | 'healthy' | 'unhealthy';
+
+/** One probe's result in State.Health.Log (moby `types.HealthcheckResult`). */
+export interface HealthcheckResult {
+  /** RFC3339Nano. */
+  start: string;
+  end: string;
+  exitCode: number;
+  output: string;
+}
+
+/** State.Health (moby `types.Health`): present once a container with a healthcheck started. */
+export interface HealthState {
+  status: HealthStatus;
+  failingStreak: number;
+  log: HealthcheckResult[];
+}
+
 /** Docker's container Config, after the image config was merged in (moby `container.Config`). */
 export interface ContainerConfig {
   hostname: string;
@@ -103,6 +121,8 @@ export interface ContainerState {
   /** RFC3339Nano; ZERO_TIME when never started / never finished. */
   startedAt: string;
   finishedAt: string;
+  /** Set while the container has a healthcheck (daemon/health.ts); absent otherwise. */
+  health?: HealthState;
 }
 
 export type ContainerStatus =
@@ -249,6 +269,8 @@ export interface AttachSink {
 export interface AttachSession {
   readonly containerId: string;
   readonly tty: boolean;
+  /** The client's stdin reaches the container (stdin asked and OpenStdin). */
+  readonly stdin: boolean;
   /** Connects the sink: replays logs when asked, then streams until the run ends. */
   start(sink: AttachSink): void;
   /** Client stdin bytes; buffered until the process runs. Ignored unless stdin was asked and OpenStdin. */

@@ -59,6 +59,39 @@ describe('import changes', () => {
     assert.throws(() => applyChanges(['ONBUILD ONBUILD RUN x']), InvalidParameterError);
   });
 
+  it('HEALTHCHECK as dockerd 20.10 parses it (recorded with docker commit --change)', () => {
+    const hc = (line: string, base = {}) => applyChanges([line], base).Healthcheck;
+    assert.deepEqual(
+      hc('HEALTHCHECK --interval=1s --timeout=2s --start-period=3s --retries=4 CMD ["a","b"]'),
+      { Test: ['CMD', 'a', 'b'], Interval: 1e9, Timeout: 2e9, StartPeriod: 3e9, Retries: 4 },
+    );
+    assert.deepEqual(hc('HEALTHCHECK NONE'), { Test: ['NONE'] });
+    assert.deepEqual(hc('healthcheck cmd echo  "a  b"'), { Test: ['CMD-SHELL', 'echo  "a  b"'] });
+    assert.deepEqual(hc('HEALTHCHECK --interval=1ms CMD x'), { Test: ['CMD-SHELL', 'x'], Interval: 1e6 });
+    assert.deepEqual(hc('HEALTHCHECK cmd [ "x" ]'), { Test: ['CMD', 'x'] });
+    // commit: what the change leaves unset comes from the container's config.
+    assert.deepEqual(hc('HEALTHCHECK --interval=1s CMD true', { Healthcheck: { Retries: 2 } }), {
+      Test: ['CMD-SHELL', 'true'],
+      Interval: 1e9,
+      Retries: 2,
+    });
+    const refused: Array<[string, string]> = [
+      ['HEALTHCHECK', 'HEALTHCHECK requires at least one argument'],
+      ['HEALTHCHECK NONE x', 'HEALTHCHECK NONE takes no arguments'],
+      ['HEALTHCHECK FOO x', 'Unknown type "FOO" in HEALTHCHECK (try CMD)'],
+      ['HEALTHCHECK CMD-SHELL x', 'Unknown type "CMD-SHELL" in HEALTHCHECK (try CMD)'],
+      ['HEALTHCHECK CMD', 'Missing command after HEALTHCHECK CMD'],
+      ['HEALTHCHECK --interval=0s CMD x', 'Interval "interval" cannot be less than 1ms'],
+      ['HEALTHCHECK --interval=500us CMD x', 'Interval "interval" cannot be less than 1ms'],
+      ['HEALTHCHECK --interval=abc CMD x', 'time: invalid duration "abc"'],
+      ['HEALTHCHECK --retries=0 CMD x', '--retries must be at least 1 (not 0)'],
+      ['HEALTHCHECK --retries=x CMD x', 'strconv.ParseInt: parsing "x": invalid syntax'],
+      ['HEALTHCHECK --interval CMD x', 'Missing a value on flag: interval'],
+      ['HEALTHCHECK --foo=1 CMD x', 'Unknown flag: foo'],
+    ];
+    for (const [line, message] of refused) assert.throws(() => applyChanges([line]), invalid(message), line);
+  });
+
   it('the word lexer: quotes, escapes, variables', () => {
     const env = ['A=1', 'EMPTY='];
     assert.equal(processWord(`'$A'`, env), '$A');

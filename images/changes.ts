@@ -1,6 +1,7 @@
 /**
- * Dockerfile-like `--change` lines for `docker import` (dockerd 20.10's BuildFromConfig): CMD,
- * ENTRYPOINT, ENV, EXPOSE, LABEL, ONBUILD, USER, VOLUME and WORKDIR, applied in order to an image
+ * Dockerfile-like `--change` lines for `docker import` and `docker commit` (dockerd 20.10's
+ * BuildFromConfig): CMD, ENTRYPOINT, ENV, EXPOSE, HEALTHCHECK, LABEL, ONBUILD, USER, VOLUME and
+ * WORKDIR, applied in order to an image
  * config, with dockerd's error texts (InvalidParameterError). Other instructions are refused with
  * "<instruction> is not a valid change command" (lower case, as dockerd prints it).
  *
@@ -12,6 +13,7 @@
  */
 import * as path from 'node:path';
 import { InvalidParameterError } from '../common/errdefs';
+import { parseGoDuration } from './filters';
 import type { ImageRuntimeConfig } from './types';
 
 const ALLOWED = new Set([
@@ -19,6 +21,7 @@ const ALLOWED = new Set([
   'entrypoint',
   'env',
   'expose',
+  'healthcheck',
   'label',
   'onbuild',
   'user',
@@ -186,6 +189,81 @@ function exposedPorts(spec: string): string[] {
   return out;
 }
 
+type Healthcheck = NonNullable<ImageRuntimeConfig['Healthcheck']>;
+
+/** Leading `--name=value` words (the parser's extractBuilderFlags + BFlags.Parse), and the rest. */
+function builderFlags(rest: string, known: readonly string[]): { flags: Map<string, string>; body: string } {
+  const flags = new Map<string, string>();
+  let body = rest.trimStart();
+  for (;;) {
+    const m = /^--(\S*)(?:\s+|$)/.exec(body);
+    if (!m) break;
+    body = body.slice(m[0].length);
+    const arg = m[1] ?? '';
+    if (arg === '') break; // "--" ends the flags
+    const eq = arg.indexOf('=');
+    const name = eq === -1 ? arg : arg.slice(0, eq);
+    if (!known.includes(name)) throw invalid(`Unknown flag: ${name}`);
+    if (flags.has(name)) throw invalid(`Duplicate flag specified: ${name}`);
+    if (eq === -1) throw invalid(`Missing a value on flag: ${name}`);
+    flags.set(name, arg.slice(eq + 1));
+  }
+  return { flags, body };
+}
+
+/** A HEALTHCHECK duration flag (parseOptInterval): Go duration text, at least 1ms; 0 when unset. */
+function healthInterval(flags: Map<string, string>, name: string): number {
+  const text = flags.get(name);
+  if (text === undefined || text === '') return 0;
+  const ms = parseGoDuration(text);
+  if (ms === undefined) {
+    throw invalid(
+      /^[-+]?(\d+\.?\d*|\.\d+)$/.test(text)
+        ? `time: missing unit in duration ${JSON.stringify(text)}`
+        : `time: invalid duration ${JSON.stringify(text)}`,
+    );
+  }
+  if (ms < 1) throw invalid(`Interval ${JSON.stringify(name)} cannot be less than 1ms`);
+  return Math.round(ms * 1_000_000);
+}
+
+/** HEALTHCHECK [--interval=… --timeout=… --start-period=… --retries=…] CMD …|NONE (parseHealthcheck). */
+function parseHealthcheck(rest: string): Healthcheck {
+  const { flags, body } = builderFlags(rest, ['interval', 'timeout', 'start-period', 'retries']);
+  const m = /^(\S+)\s*(.*)$/s.exec(body);
+  if (!m) throw invalid('HEALTHCHECK requires at least one argument');
+  const type = (m[1] ?? '').toUpperCase();
+  const command = m[2] ?? '';
+  if (type === 'NONE') {
+    if (command !== '') throw invalid('HEALTHCHECK NONE takes no arguments');
+    return { Test: ['NONE'] };
+  }
+  if (type !== 'CMD') throw invalid(`Unknown type ${JSON.stringify(type)} in HEALTHCHECK (try CMD)`);
+  const json = parseJsonArgs(command);
+  const args = json ?? (command === '' ? [] : [command]);
+  if (args.length === 0) throw invalid('Missing command after HEALTHCHECK CMD');
+  const health: Healthcheck = { Test: [json ? 'CMD' : 'CMD-SHELL', ...args] };
+  const interval = healthInterval(flags, 'interval');
+  const timeout = healthInterval(flags, 'timeout');
+  const startPeriod = healthInterval(flags, 'start-period');
+  if (interval) health.Interval = interval;
+  if (timeout) health.Timeout = timeout;
+  if (startPeriod) health.StartPeriod = startPeriod;
+  const retries = flags.get('retries');
+  if (retries !== undefined && retries !== '') {
+    if (!/^[-+]?\d+$/.test(retries)) {
+      throw invalid(`strconv.ParseInt: parsing ${JSON.stringify(retries)}: invalid syntax`);
+    }
+    const n = Number(retries);
+    if (n > 2 ** 31 - 1 || n < -(2 ** 31)) {
+      throw invalid(`strconv.ParseInt: parsing ${JSON.stringify(retries)}: value out of range`);
+    }
+    if (n < 1) throw invalid(`--retries must be at least 1 (not ${n})`);
+    health.Retries = n;
+  }
+  return health;
+}
+
 /**
  * Applies `changes` (each one or more lines) to a copy of `base` and returns it. Errors are
  * InvalidParameterError with dockerd's texts.
@@ -193,6 +271,7 @@ function exposedPorts(spec: string): string[] {
 export function applyChanges(changes: readonly string[], base: ImageRuntimeConfig = {}): ImageRuntimeConfig {
   const config: ImageRuntimeConfig = structuredClone(base);
   let cmdSet = false;
+  let healthcheckSet = false;
   const lines = changes.flatMap((c) => c.split('\n')).map((l) => l.trim());
   for (const line of lines) {
     if (line === '' || line.startsWith('#')) continue;
@@ -272,6 +351,11 @@ export function applyChanges(changes: readonly string[], base: ImageRuntimeConfi
         config.Volumes = volumes;
         break;
       }
+      case 'healthcheck': {
+        config.Healthcheck = parseHealthcheck(rest);
+        healthcheckSet = true;
+        break;
+      }
       case 'onbuild': {
         const t = /^(\S+)\s*(.*)$/s.exec(rest.trim());
         if (!t) throw invalid('ONBUILD requires at least one argument');
@@ -285,6 +369,21 @@ export function applyChanges(changes: readonly string[], base: ImageRuntimeConfi
         break;
       }
     }
+  }
+  // dockerd's commit merges the result with the container's config: what the HEALTHCHECK left
+  // unset comes from the base (`--health-retries 2` survives `HEALTHCHECK --interval=1s CMD true`).
+  const previous = base.Healthcheck;
+  if (healthcheckSet && previous && config.Healthcheck) {
+    const merged: Healthcheck = { ...config.Healthcheck };
+    if (!merged.Test || merged.Test.length === 0) merged.Test = previous.Test;
+    merged.Interval ||= previous.Interval;
+    merged.Timeout ||= previous.Timeout;
+    merged.StartPeriod ||= previous.StartPeriod;
+    merged.Retries ||= previous.Retries;
+    for (const key of Object.keys(merged) as Array<keyof Healthcheck>) {
+      if (merged[key] === undefined) delete merged[key];
+    }
+    config.Healthcheck = merged;
   }
   return config;
 }

@@ -23,8 +23,10 @@ async function entries(stream: AsyncIterable<Buffer>): Promise<Array<[string, st
     extract.on('finish', resolve);
     extract.on('error', reject);
   });
-  Readable.from(stream).pipe(extract);
-  await done;
+  const source = Readable.from(stream);
+  const failed = new Promise<never>((_, reject) => source.on('error', reject));
+  source.pipe(extract);
+  await Promise.race([done, failed]);
   return out;
 }
 
@@ -55,6 +57,41 @@ describe('commit', () => {
     assert.equal(plan.ref?.tag, '1');
     assert.throws(() => planCommit(request({ repository: 'BAD' })), /repository name must be lowercase/);
     assert.throws(() => planCommit(request({ changes: ['FOO x'] })), /not a valid change command/i);
+  });
+
+  it('streams file contents at their size (a file larger than a read buffer comes back whole)', async () => {
+    const big = Buffer.alloc((3 << 20) + 123);
+    for (let i = 0; i < big.length; i++) big[i] = i % 251;
+    await fs.writeFile(path.join(upper, 'big'), big);
+    await fs.writeFile(path.join(upper, 'empty'), '');
+    const extract = tar.extract();
+    const bodies = new Map<string, Buffer>();
+    const done = new Promise<void>((resolve, reject) => {
+      extract.on('entry', (header, body, next) => {
+        const parts: Buffer[] = [];
+        body.on('data', (d: unknown) => parts.push(d as Buffer));
+        body.on('end', () => {
+          bodies.set(header.name, Buffer.concat(parts));
+          next();
+        });
+      });
+      extract.on('finish', resolve);
+      extract.on('error', reject);
+    });
+    Readable.from(upperDirLayer(upper, new Set())).pipe(extract);
+    await done;
+    assert.ok(bodies.get('big')?.equals(big));
+    assert.equal(bodies.get('empty')?.length, 0);
+  });
+
+  it('a walk that fails rejects the iteration (never an unhandled error event)', async () => {
+    const notADir = path.join(upper, 'file');
+    await fs.writeFile(notADir, 'x');
+    await assert.rejects(entries(upperDirLayer(notADir, new Set())), /ENOTDIR/);
+    // Also when nobody iterates at once (the consumer sets up first).
+    const later = upperDirLayer(notADir, new Set());
+    await new Promise((r) => setTimeout(r, 50));
+    await assert.rejects(entries(later), /ENOTDIR/);
   });
 
   it('the layer of an upper dir: files, links, hardlinks; a planted symlink is stored, not followed', async () => {

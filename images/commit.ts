@@ -124,7 +124,13 @@ export function upperDirLayer(upperDir: string, opaque: ReadonlySet<string>): As
   const pack = tar.pack();
   const inodes = new Map<string, string>();
   const walk = async (rel: string): Promise<void> => {
-    const names = (await fs.readdir(path.join(upperDir, rel))).sort();
+    const names = (
+      await fs.readdir(path.join(upperDir, rel)).catch((err: NodeJS.ErrnoException) => {
+        // A container that never started has no upper dir yet: nothing changed, an empty layer.
+        if (rel === '' && err.code === 'ENOENT') return [];
+        throw err;
+      })
+    ).sort();
     if (rel !== '' && opaque.has(rel)) {
       await addEntry(pack, { name: `${rel}/${WHITEOUT_OPAQUE}`, size: 0, mode: 0o644, mtime: new Date(0) });
     }
@@ -152,28 +158,74 @@ export function upperDirLayer(upperDir: string, opaque: ReadonlySet<string>): As
           continue;
         }
         if (st.nlink > 1) inodes.set(key, childRel);
-        // Read whole (O_NOFOLLOW through the path just lstat'ed): layers of a commit are small.
+        // O_NOFOLLOW through the path just lstat'ed; streamed, at the size lstat gave (the
+        // container is stopped or paused: a file that changes size anyway fails the commit).
         const handle = await fs.open(abs, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-        let data: Buffer;
         try {
-          data = await handle.readFile();
+          await packFile(pack, { ...base, name: childRel, type: 'file', size: st.size }, handle);
         } finally {
           await handle.close();
         }
-        await new Promise<void>((resolve, reject) =>
-          pack.entry({ ...base, name: childRel, type: 'file', size: data.length }, data, (err) =>
-            err ? reject(err) : resolve(),
-          ),
-        );
       }
       // Sockets and device nodes are not layer content.
     }
   };
+  // A failed walk must reach the consumer, never surface as an unhandled 'error' event (that would
+  // end the daemon): it is kept here and rethrown by the iteration below.
+  let failure: Error | undefined;
+  pack.on('error', (err: Error) => (failure ??= err));
   walk('').then(
     () => pack.finalize(),
-    (err: unknown) => pack.destroy(err instanceof Error ? err : new Error(String(err))),
+    (err: unknown) => {
+      failure ??= err instanceof Error ? err : new Error(String(err));
+      pack.destroy(failure);
+    },
   );
-  return pack as unknown as AsyncIterable<Buffer>;
+  return (async function* () {
+    try {
+      for await (const chunk of pack as unknown as AsyncIterable<Buffer>) yield chunk;
+    } catch (err) {
+      throw failure ?? err;
+    }
+    if (failure) throw failure;
+  })();
+}
+
+/** One regular file's entry, its data read from `handle` in chunks with the pack's backpressure. */
+async function packFile(
+  pack: tar.Pack,
+  header: Partial<tar.Header> & { name: string; size: number },
+  handle: fs.FileHandle,
+): Promise<void> {
+  if (header.size === 0) {
+    await addEntry(pack, header);
+    return;
+  }
+  await new Promise<void>((resolve, reject) => {
+    const entry = pack.entry(header, (err) => (err ? reject(err) : resolve()));
+    void (async () => {
+      const buffer = Buffer.alloc(Math.min(header.size, 1 << 20));
+      let position = 0;
+      while (position < header.size) {
+        const { bytesRead } = await handle.read(
+          buffer,
+          0,
+          Math.min(buffer.length, header.size - position),
+          position,
+        );
+        if (bytesRead === 0) throw new Error(`${header.name}: file shrank while being committed`);
+        position += bytesRead;
+        // A copy: the entry may hold on to it while `buffer` is reused.
+        if (!entry.write(Buffer.from(buffer.subarray(0, bytesRead)))) {
+          await new Promise<void>((r) => entry.once('drain', () => r()));
+        }
+      }
+      entry.end(() => undefined);
+    })().catch((err: unknown) => {
+      entry.destroy(err instanceof Error ? err : new Error(String(err)));
+      reject(err);
+    });
+  });
 }
 
 /** Commits; the caller has entered the content gate. Returns the new image id. */

@@ -66,6 +66,9 @@ export interface CreateContainerParams {
   openStdin: boolean;
   /** Docker's WorkingDir, created in the rootfs when missing ("" = none). */
   workingDir: string;
+  /** The terminal's initial size when the spec's process.terminal is true (0 = default). */
+  terminalRows?: number;
+  terminalCols?: number;
 }
 
 /** A process to run in a running container (agent.proto ExecProcess). */
@@ -81,6 +84,9 @@ export interface ExecProcessParams {
   user: string;
   openStdin: boolean;
   tty: boolean;
+  /** The terminal's initial size (tty only; 0 = default). */
+  terminalRows?: number;
+  terminalCols?: number;
 }
 
 /** An error from an agent call; `exitCode` is set when the agent said which status Docker records. */
@@ -392,6 +398,8 @@ export class AgentClient {
         user: p.user,
         open_stdin: p.openStdin,
         working_dir: p.workingDir,
+        terminal_rows: p.terminalRows ?? 0,
+        terminal_cols: p.terminalCols ?? 0,
       },
       this.callTimeoutMs,
     );
@@ -578,10 +586,21 @@ export class AgentClient {
         user: p.user,
         open_stdin: p.openStdin,
         tty: p.tty,
+        terminal_rows: p.terminalRows ?? 0,
+        terminal_cols: p.terminalCols ?? 0,
       },
       this.startTimeoutMs,
     );
     return r.pid;
+  }
+
+  /** Sets the size of a process's terminal (a no-op in the guest for one without a terminal). */
+  async resizeTerminal(containerId: string, execId: string, rows: number, cols: number): Promise<void> {
+    await this.unary(
+      'ResizeTerminal',
+      { container_id: containerId, exec_id: execId, rows, cols },
+      this.callTimeoutMs,
+    );
   }
 
   async listProcesses(containerId: string): Promise<GuestProcess[]> {

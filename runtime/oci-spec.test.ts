@@ -38,6 +38,11 @@ describe('buildOciSpec', () => {
     assert.equal(spec.root.readonly, false);
   });
 
+  it('sets process.terminal for a Tty container, as dockerd does for runc', () => {
+    const s = buildOciSpec({ containerId: 'x', hostname: 'h', process: proc({ tty: true }) });
+    assert.equal(s.process.terminal, true);
+  });
+
   it('keeps a HOSTNAME the container sets and a working dir', () => {
     const s = buildOciSpec({
       containerId: 'x',
@@ -106,6 +111,17 @@ describe('buildOciSpec', () => {
     assert.deepEqual(rules[0], { allow: false, access: 'rwm' });
     const allowed = rules.filter((r) => r.allow).map((r) => `${r.major}:${r.minor}`);
     assert.deepEqual(allowed.sort(), ['1:3', '1:5', '1:8', '1:9', '5:0', '5:1']);
+  });
+
+  it('-m: the container cgroup gets the limit and no swap; none without -m', () => {
+    assert.equal(spec.linux.resources.memory, undefined);
+    const limited = buildOciSpec({
+      containerId: 'abc123',
+      hostname: 'abc123',
+      process: proc(),
+      options: { memoryLimitBytes: 64 << 20 },
+    });
+    assert.deepEqual(limited.linux.resources.memory, { limit: 64 << 20, swap: 64 << 20 });
   });
 
   it('leaves rlimits alone and sets no user (resolved in the guest)', () => {

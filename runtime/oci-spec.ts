@@ -10,7 +10,7 @@
  *   follow-up for defence in depth);
  * - process.user is a placeholder: the agent resolves Docker's User string against the rootfs's
  *   /etc/passwd and /etc/group in the guest, and sets HOME the way runc does;
- * - terminal is false: TTY processes are not supported yet.
+ * - terminal follows Docker's Tty; the agent runs such a process on a pty (capsule-console).
  *
  * rlimits are not set, as with dockerd (the process inherits the agent's); noNewPrivileges false.
  *
@@ -57,7 +57,11 @@ export interface OciSpec {
   hostname: string;
   mounts: OciMount[];
   linux: {
-    resources: { devices: OciDeviceRule[] };
+    resources: {
+      devices: OciDeviceRule[];
+      /** Bytes; `swap` is memory+swap as OCI counts it (= limit: the VM has no swap). */
+      memory?: { limit: number; swap: number };
+    };
     cgroupsPath: string;
     namespaces: { type: string }[];
     maskedPaths: string[];
@@ -414,7 +418,7 @@ export function buildOciSpec(input: OciSpecInput): OciSpec {
   const spec: OciSpec = {
     ociVersion: '1.0.2',
     process: {
-      terminal: false,
+      terminal: p.tty,
       // Resolved in the guest from Docker's User string (CreateContainerRequest.user).
       user: { uid: 0, gid: 0 },
       args: options.init ? [DOCKER_INIT_PATH, '--', ...p.args] : [...p.args],
@@ -438,5 +442,9 @@ export function buildOciSpec(input: OciSpecInput): OciSpec {
   };
   // dockerd sets rlimits only when asked (the process otherwise inherits its parent's).
   if (rlimits.length > 0) spec.process.rlimits = rlimits;
+  // `-m`: the container's cgroup limit, as with dockerd; the VM is sized above it (the guest's
+  // kernel and agent live beside the container), so an OOM kill lands on the container's processes.
+  const limit = options.memoryLimitBytes ?? 0;
+  if (limit > 0) spec.linux.resources.memory = { limit, swap: limit };
   return spec;
 }

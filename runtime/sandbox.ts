@@ -324,10 +324,11 @@ class Sandbox implements RunningSandbox {
     return this.client.archiveIn(this.id, p, containerName, tar, options);
   }
 
+  resize(rows: number, cols: number): Promise<void> {
+    return this.client.resizeTerminal(this.id, '', rows, cols);
+  }
+
   async exec(spec: ExecSpec): Promise<RunningExec> {
-    if (spec.tty) {
-      throw new NotImplementedError('exec with a terminal (-t) is not supported yet by this daemon');
-    }
     const pid = await this.client.execProcess({
       containerId: this.id,
       execId: spec.execId,
@@ -337,6 +338,8 @@ class Sandbox implements RunningSandbox {
       user: spec.user,
       openStdin: spec.openStdin,
       tty: spec.tty,
+      terminalRows: spec.consoleSize?.[0] ?? 0,
+      terminalCols: spec.consoleSize?.[1] ?? 0,
     });
     const raw = this.client.readOutput(this.id, spec.execId);
     const output = new PassThrough({ objectMode: true, highWaterMark: 16 });
@@ -357,6 +360,7 @@ class Sandbox implements RunningSandbox {
       writeStdin: (data) => this.client.writeStdin(this.id, spec.execId, data),
       closeStdin: () => this.client.closeStdin(this.id, spec.execId),
       signal: (signo) => this.client.signalProcess(this.id, spec.execId, signo),
+      resize: (rows, cols) => this.client.resizeTerminal(this.id, spec.execId, rows, cols),
       exited,
     };
   }
@@ -636,6 +640,8 @@ export async function createSandboxRuntime(deps: SandboxRuntimeDeps): Promise<Sa
         user: p.user,
         openStdin: p.openStdin,
         workingDir: p.cwd,
+        terminalRows: p.consoleSize?.[0] ?? 0,
+        terminalCols: p.consoleSize?.[1] ?? 0,
       });
       stepDone('create');
       // Open before the start so that no byte of output is missed.

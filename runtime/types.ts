@@ -18,6 +18,8 @@ export interface ProcessSpec {
   user: string;
   openStdin: boolean;
   tty: boolean;
+  /** The terminal's initial size (Docker's ConsoleSize: [rows, cols]); 0 = the default. */
+  consoleSize?: [number, number];
 }
 
 /** A published port: Docker's `-p [hostAddr:]hostPort:guestPort[/proto]`. */
@@ -55,6 +57,8 @@ export interface ContainerOptions {
   ulimits?: Ulimit[];
   /** --init: tini from the agent disk runs as the container's pid 1 (/sbin/docker-init). */
   init?: boolean;
+  /** `-m` in bytes: the container's cgroup memory limit (0/absent = none). */
+  memoryLimitBytes?: number;
 }
 
 export interface SandboxSpec {
@@ -120,8 +124,10 @@ export interface ExecSpec {
   /** Docker's User string; "" = the container's user. */
   user: string;
   openStdin: boolean;
-  /** Not supported yet: exec() rejects it. */
+  /** A terminal: the output is one stream (stdout, raw). */
   tty: boolean;
+  /** The terminal's initial size ([rows, cols]; 0 = the default). */
+  consoleSize?: [number, number];
 }
 
 export interface RunningExec {
@@ -132,6 +138,8 @@ export interface RunningExec {
   writeStdin(data: Buffer): Promise<void>;
   closeStdin(): Promise<void>;
   signal(signo: number): Promise<void>;
+  /** Sets the terminal's size (a no-op without a terminal). */
+  resize(rows: number, cols: number): Promise<void>;
   /** The exit status; 137 when the sandbox went away under the process. */
   readonly exited: Promise<ExitResult>;
 }
@@ -198,6 +206,8 @@ export interface RunningSandbox {
   closeStdin(): Promise<void>;
   /** Sends a signal (number) to the container's init process. */
   signal(signo: number): Promise<void>;
+  /** Sets the size of the init process's terminal (a no-op for a container without a tty). */
+  resize(rows: number, cols: number): Promise<void>;
   /**
    * docker pause: stops the whole VM (its vCPUs) until resume(); nothing in the guest runs, the
    * agent included, so other calls wait until then. destroy() works on a paused sandbox.

@@ -417,7 +417,12 @@ export function createContainersRouter(backend: ContainersBackend, log: Logger):
   return router;
 }
 
-/** Wires an attach session to the hijacked connection. */
+/**
+ * Wires an attach session to the hijacked connection. With a Tty (dockerd's AttachConfig.TTY) the
+ * client's stdin is scanned for the detach keys, and they or the end of its stdin end the
+ * attachment (the container goes on, its stdin stays open); without one nothing is scanned and the
+ * end of the client's stdin closes the container's (StdinOnce).
+ */
 function attachStream(
   req: Request,
   res: Response,
@@ -429,6 +434,8 @@ function attachStream(
   const stream = hijack(req, res, { contentType: streamContentType(tty, versionAtLeast(req, '1.42')) });
   let closed = false;
   const scanner = new DetachScanner(detachKeys);
+  // dockerd copies (and scans) the client's stdin only when it reaches the container.
+  const scanning = tty && session.stdin;
   const finish = (): void => {
     if (closed) return;
     closed = true;
@@ -445,16 +452,18 @@ function attachStream(
   });
   stream.input.on('data', (data: Buffer) => {
     if (closed) return;
-    const { forward, detach } = scanner.push(data);
+    const { forward, detach } = scanning ? scanner.push(data) : { forward: data, detach: false };
     if (forward.length > 0) session.writeStdin(forward);
     if (detach) {
       log.debug('client detached', { container: session.containerId });
       finish();
     }
   });
-  // The client's FIN ends its stdin only; output goes on until the run ends.
+  // Without a Tty the client's FIN ends its stdin only; output goes on until the run ends.
   stream.input.on('end', () => {
-    if (!closed) session.endStdin();
+    if (closed) return;
+    if (scanning) finish();
+    else session.endStdin();
   });
   stream.input.on('error', () => undefined);
   void stream.closed.then(() => {

@@ -69,6 +69,14 @@ export interface WireContainerState {
   Error: string;
   StartedAt: string;
   FinishedAt: string;
+  Health?: WireHealth;
+}
+
+/** State.Health (moby `types.Health`), present only for containers with a healthcheck. */
+export interface WireHealth {
+  Status: string;
+  FailingStreak: number;
+  Log: Array<{ Start: string; End: string; ExitCode: number; Output: string }>;
 }
 
 export interface WireEndpointSettings {
@@ -657,6 +665,20 @@ export function encodeState(c: ContainerView): WireContainerState {
     Error: s.error,
     StartedAt: s.startedAt,
     FinishedAt: s.finishedAt,
+    ...(s.health
+      ? {
+          Health: {
+            Status: s.health.status,
+            FailingStreak: s.health.failingStreak,
+            Log: s.health.log.map((r) => ({
+              Start: r.start,
+              End: r.end,
+              ExitCode: r.exitCode,
+              Output: r.output,
+            })),
+          },
+        }
+      : {}),
   };
 }
 

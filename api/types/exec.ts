@@ -55,10 +55,21 @@ export function decodeExecCreateBody(body: unknown): ExecCreateOptions {
   };
 }
 
-/** POST /exec/{id}/start body (ExecStartCheck). */
-export function decodeExecStartBody(body: unknown): { detach: boolean; tty: boolean } {
+/** POST /exec/{id}/start body (ExecStartCheck); ConsoleSize [rows, cols] from API 1.42 on. */
+export function decodeExecStartBody(body: unknown): {
+  detach: boolean;
+  tty: boolean;
+  consoleSize?: [number, number];
+} {
   const o = isObj(body) ? body : {};
-  return { detach: flag(o, 'Detach'), tty: flag(o, 'Tty') };
+  const size = o.ConsoleSize;
+  const consoleSize =
+    Array.isArray(size) &&
+    size.length === 2 &&
+    size.every((n) => typeof n === 'number' && Number.isInteger(n) && n >= 0 && n <= 65535)
+      ? (size as [number, number])
+      : undefined;
+  return { detach: flag(o, 'Detach'), tty: flag(o, 'Tty'), consoleSize };
 }
 
 export interface ExecInspectResponse {

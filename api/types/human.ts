@@ -35,6 +35,9 @@ export function statusText(state: ContainerState, nowMs = Date.now()): string {
     if (state.paused) return `Up ${up} (Paused)`;
     if (state.restarting)
       return `Restarting (${state.exitCode}) ${humanDuration(since(state.finishedAt, nowMs))} ago`;
+    // moby's Health.String(): "health: starting", else the status itself.
+    const health = state.health;
+    if (health) return `Up ${up} (${health.status === 'starting' ? 'health: starting' : health.status})`;
     return `Up ${up}`;
   }
   if (state.removalInProgress) return 'Removal In Progress';

@@ -14,7 +14,6 @@ import {
   ConflictError,
   InvalidParameterError,
   NotFoundError,
-  NotImplementedError,
   UnauthorizedError,
   UnavailableError,
 } from '../../common/errdefs';
@@ -848,6 +847,13 @@ export class FakeSandbox implements RunningSandbox {
   /** The fake VM's run state: pause()/resume() only record it (the fake process keeps going). */
   paused = false;
 
+  /** Terminal sizes asked for ([rows, cols]), in order. */
+  readonly resizes: [number, number][] = [];
+
+  async resize(rows: number, cols: number): Promise<void> {
+    this.resizes.push([rows, cols]);
+  }
+
   async pause(): Promise<void> {
     if (this.paused) throw new Error('fake VM already paused');
     this.paused = true;
@@ -929,8 +935,6 @@ export class FakeSandbox implements RunningSandbox {
 
   async exec(spec: ExecSpec): Promise<RunningExec> {
     if (this.done) throw new ConflictError(`container ${this.spec.containerId} is not running`);
-    if (spec.tty)
-      throw new NotImplementedError('exec with a terminal (-t) is not supported yet by this daemon');
     const [cmd] = spec.args;
     if (cmd === '/etc/passwd') {
       throw new FakeStartError(
@@ -966,6 +970,7 @@ export class FakeSandbox implements RunningSandbox {
       writeStdin: (data) => process.writeStdin(data),
       closeStdin: () => process.closeStdin(),
       signal: (signo) => process.signal(signo),
+      resize: (rows, cols) => process.resize(rows, cols),
       exited: process.exited,
     };
   }

@@ -11,8 +11,14 @@
  * --log file says why (see start-failure.ts).
  *
  * Output and stdin: process-io.ts (backpressure, never loss).
+ *
+ * A process with a terminal (Docker's Tty: `process.terminal` true) has crun create a pty in the
+ * container and send its master over a --console-socket; capsule-console (guest/console/) receives
+ * it and carries it over the same pipes, so such a process is crun run under capsule-console, with
+ * the pid file, exit status and errors as without a terminal.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { constants as osConstants } from 'node:os';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -45,6 +51,55 @@ export interface ContainerManagerOptions {
    * and a container that exhausts the VM's memory leaves the kernel nothing to kill but panics.
    */
   resetOomScoreAdj?: boolean;
+  /** capsule-console (terminals); default: next to crun when crunPath is absolute, else on PATH. */
+  consolePath?: string;
+  /** Where console sockets are made (short paths: sun_path); default <bundlesDir>/../console. */
+  consoleSocketDir?: string;
+}
+
+/** A terminal's size; 0 leaves it as the runtime made it. */
+export interface TerminalSize {
+  rows: number;
+  cols: number;
+}
+
+function consolePathOf(opts: ContainerManagerOptions): string {
+  if (opts.consolePath) return opts.consolePath;
+  return path.isAbsolute(opts.crunPath)
+    ? path.join(path.dirname(opts.crunPath), 'capsule-console')
+    : 'capsule-console';
+}
+
+/**
+ * Spawns crun with `globalArgs` then `command` (run|exec) and `commandArgs`. A process with a
+ * terminal runs under capsule-console, which binds the console socket crun is told about and gets
+ * a 4th pipe (fd 3) for resizes; its exit status is crun's. Resolves the socket path to remove.
+ */
+async function spawnRuntime(
+  opts: ContainerManagerOptions,
+  globalArgs: string[],
+  command: 'run' | 'exec',
+  commandArgs: string[],
+  options: { cwd: string; openStdin: boolean; terminal?: TerminalSize },
+): Promise<{ child: ChildProcess; consoleSocket?: string }> {
+  const stdin = options.openStdin ? 'pipe' : 'ignore';
+  if (!options.terminal) {
+    const child = spawn(...crunCommand(opts, [...globalArgs, command, ...commandArgs]), {
+      stdio: [stdin, 'pipe', 'pipe'],
+      cwd: options.cwd,
+    });
+    return { child };
+  }
+  const dir = opts.consoleSocketDir ?? path.join(path.dirname(opts.bundlesDir), 'console');
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  const socket = path.join(dir, `${randomBytes(8).toString('hex')}.sock`);
+  const [cmd, args] = crunCommand(opts, [...globalArgs, command, '--console-socket', socket, ...commandArgs]);
+  const { rows, cols } = options.terminal;
+  const child = spawn(consolePathOf(opts), [socket, String(rows), String(cols), '--', cmd, ...args], {
+    stdio: [stdin, 'pipe', 'pipe', 'pipe'],
+    cwd: options.cwd,
+  });
+  return { child, consoleSocket: socket };
 }
 
 /** How crun is spawned: directly, or through sh resetting oom_score_adj to 0 first (see above). */
@@ -66,6 +121,8 @@ export interface CreateContainerParams {
   user: string;
   openStdin: boolean;
   workingDir: string;
+  /** Set when the spec's process.terminal is true: the pty's initial size. */
+  terminal?: TerminalSize;
 }
 
 export interface ExecParams {
@@ -79,6 +136,9 @@ export interface ExecParams {
   user: string;
   openStdin: boolean;
   tty: boolean;
+  /** The pty's initial size (tty only). */
+  rows?: number;
+  cols?: number;
 }
 
 export interface ExitStatus {
@@ -173,6 +233,12 @@ async function signalPid(pid: number, startTime: string | undefined, signo: numb
   }
 }
 
+function checkSize(rows: number, cols: number): void {
+  if (![rows, cols].every((n) => Number.isInteger(n) && n >= 0 && n <= 65535)) {
+    throw new AgentError('InvalidArgument', `invalid terminal size: ${rows}x${cols}`);
+  }
+}
+
 function checkSignal(signo: number): void {
   if (!Number.isInteger(signo) || signo < 1 || signo > 64) {
     throw new AgentError('InvalidArgument', `invalid signal: ${signo}`);
@@ -211,6 +277,7 @@ class Exec {
     openStdin: boolean,
     private readonly executable: string,
     private readonly opts: ContainerManagerOptions,
+    private readonly terminal?: TerminalSize,
   ) {
     this.io = new ProcessIO(`exec ${id}`, openStdin, opts.log);
   }
@@ -223,23 +290,16 @@ class Exec {
   async start(containerId: string): Promise<number> {
     const pidFile = path.join(this.dir, 'pid');
     const logFile = path.join(this.dir, 'crun.log');
-    const child = spawn(
-      ...crunCommand(this.opts, [
-        `--log=file:${logFile}`,
-        '--log-format=json',
-        '--root',
-        this.opts.crunRoot,
-        'exec',
-        '--process',
-        path.join(this.dir, 'process.json'),
-        '--pid-file',
-        pidFile,
-        containerId,
-      ]),
-      { stdio: [this.io.openStdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], cwd: this.dir },
+    const { child, consoleSocket } = await spawnRuntime(
+      this.opts,
+      [`--log=file:${logFile}`, '--log-format=json', '--root', this.opts.crunRoot],
+      'exec',
+      ['--process', path.join(this.dir, 'process.json'), '--pid-file', pidFile, containerId],
+      { cwd: this.dir, openStdin: this.io.openStdin, terminal: this.terminal },
     );
     const exit = crunExit(child);
-    this.io.wire(child);
+    if (consoleSocket) void exit.then(() => fs.rm(consoleSocket, { force: true }).catch(() => undefined));
+    this.io.wire(child, this.terminal !== undefined);
     let pid: number | undefined;
     try {
       pid = await waitForPidFile(pidFile, exit);
@@ -328,6 +388,7 @@ class Container {
     readonly baseProcess: Record<string, unknown>,
     /** The container's cgroup dir (crun's cgroupsPath under the cgroup2 mount). */
     readonly cgroupDir: string,
+    private readonly terminal?: TerminalSize,
   ) {
     this.io = new ProcessIO(`container ${id}`, openStdin, opts.log);
   }
@@ -354,24 +415,17 @@ class Container {
     await fs.rm(this.pidFile, { force: true });
     await fs.rm(this.logFile, { force: true });
     const oomBefore = await oomKillCount(this.memoryEventsFile);
-    const child = spawn(
-      ...crunCommand(this.opts, [
-        `--log=file:${this.logFile}`,
-        '--log-format=json',
-        '--root',
-        this.opts.crunRoot,
-        'run',
-        '--bundle',
-        this.bundleDir,
-        '--pid-file',
-        this.pidFile,
-        this.id,
-      ]),
-      { stdio: [this.openStdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], cwd: this.bundleDir },
+    const { child, consoleSocket } = await spawnRuntime(
+      this.opts,
+      [`--log=file:${this.logFile}`, '--log-format=json', '--root', this.opts.crunRoot],
+      'run',
+      ['--bundle', this.bundleDir, '--pid-file', this.pidFile, this.id],
+      { cwd: this.bundleDir, openStdin: this.openStdin, terminal: this.terminal },
     );
     this.child = child;
     const exit = crunExit(child);
-    this.io.wire(child);
+    if (consoleSocket) void exit.then(() => fs.rm(consoleSocket, { force: true }).catch(() => undefined));
+    this.io.wire(child, this.terminal !== undefined);
 
     let pid: number | undefined;
     try {
@@ -540,8 +594,10 @@ export class ContainerManager {
     if (!Array.isArray(args) || args.length === 0 || !args.every((a) => typeof a === 'string')) {
       throw new AgentError('InvalidArgument', 'OCI spec process.args must be a non-empty list of strings');
     }
-    if (proc.terminal === true)
-      throw new AgentError('InvalidArgument', 'terminal (tty) processes are not supported yet');
+    if (proc.terminal !== undefined && typeof proc.terminal !== 'boolean')
+      throw new AgentError('InvalidArgument', 'OCI spec process.terminal must be a boolean');
+    const terminal = proc.terminal === true ? (params.terminal ?? { rows: 0, cols: 0 }) : undefined;
+    if (terminal) checkSize(terminal.rows, terminal.cols);
     const env = Array.isArray(proc.env) ? proc.env.filter((e): e is string => typeof e === 'string') : [];
 
     const rootfs = params.rootfsGuestPath;
@@ -603,6 +659,7 @@ export class ContainerManager {
       rootfs,
       { ...proc, user: { ...proc.user, username: params.user } },
       path.join(this.cgroupRoot, cgroupsPath),
+      terminal,
     );
   }
 
@@ -651,6 +708,12 @@ export class ContainerManager {
     if (execId !== '') return this.execOf(containerId, execId).io.writeStdin(data);
     return this.get(containerId, execId).writeStdin(data);
   }
+  /** Resizes the process's terminal; a no-op for a process without one, or that has exited. */
+  resize(containerId: string, execId: string, rows: number, cols: number): void {
+    checkSize(rows, cols);
+    if (execId !== '') return this.execOf(containerId, execId).io.resize(rows, cols);
+    this.get(containerId, execId).io.resize(rows, cols);
+  }
   closeStdin(containerId: string, execId: string): void {
     if (execId !== '') return this.execOf(containerId, execId).io.closeStdin();
     this.get(containerId, execId).closeStdin();
@@ -698,7 +761,8 @@ export class ContainerManager {
     if (container.execs.has(execId)) throw new AgentError('AlreadyExists', `exec ${execId} already exists`);
     if (container.state !== 'running')
       throw new AgentError('FailedPrecondition', `container ${container.id} is not running`, 126);
-    if (params.tty) throw new AgentError('InvalidArgument', 'terminal (tty) execs are not supported yet');
+    const terminal = params.tty ? { rows: params.rows ?? 0, cols: params.cols ?? 0 } : undefined;
+    if (terminal) checkSize(terminal.rows, terminal.cols);
     if (params.args.length === 0 || params.args.some((a) => typeof a !== 'string'))
       throw new AgentError('InvalidArgument', 'No exec command specified');
 
@@ -725,7 +789,7 @@ export class ContainerManager {
     cwd = path.posix.normalize(cwd);
     const processSpec = {
       ...base,
-      terminal: false,
+      terminal: params.tty,
       args: params.args,
       env,
       cwd,
@@ -736,7 +800,7 @@ export class ContainerManager {
     await fs.rm(dir, { recursive: true, force: true });
     await fs.mkdir(dir, { recursive: true, mode: 0o700 });
     await fs.writeFile(path.join(dir, 'process.json'), JSON.stringify(processSpec), { mode: 0o600 });
-    const exec = new Exec(execId, dir, params.openStdin, params.args[0] as string, this.opts);
+    const exec = new Exec(execId, dir, params.openStdin, params.args[0] as string, this.opts, terminal);
     container.execs.set(execId, exec);
     try {
       const pid = await exec.start(container.id);

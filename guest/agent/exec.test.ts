@@ -229,8 +229,10 @@ describe('agent exec (fake crun)', () => {
         user: '',
         openStdin: false,
         tty: true,
+        rows: 70000,
+        cols: 80,
       }),
-      /terminal \(tty\) execs are not supported yet/,
+      /invalid terminal size/,
     );
   });
 

@@ -17,7 +17,8 @@
  *   CAPSULE_AGENT_PORT    name of the virtio-serial port (default agent.0)
  *   CAPSULE_BUNDLE_DIR    where OCI bundles go (default /run/capsule/bundles)
  *   CAPSULE_CRUN          the OCI runtime binary (default crun); CAPSULE_CRUN_ROOT its state dir
- *                         (default /run/crun)
+ *                         (default /run/crun); capsule-console (terminals) is taken from the same
+ *                         directory when CAPSULE_CRUN is absolute (the agent disk's bin dir)
  *   CAPSULE_AGENT_STARTED a file created as soon as serve() runs (/init: the snapshot was usable)
  *   CAPSULE_WARMUP_DIR    scratch dir of WarmUp (default /run/capsule/warm-up);
  *   CAPSULE_WARMUP_BUSYBOX the static busybox WarmUp copies there (default /bin/busybox)

@@ -8,6 +8,10 @@
  * them; order across the two pipes is the order in which they became readable, as with Docker's two
  * FIFOs. The output ends (the reader's stream ends) once the owner said the process exited and both
  * pipes reached EOF.
+ *
+ * A process with a terminal runs under capsule-console (guest/console/): its one output stream is
+ * the pty (stdout, delivered as stream 1), capsule-console's stderr carries only the OCI runtime's
+ * own errors (logged, never delivered), and fd 3 takes "ROWS COLS\n" lines that resize the pty.
  */
 import type { ChildProcess } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
@@ -36,6 +40,7 @@ export class ProcessIO {
   private exited = false;
   private stdinClosed = false;
   private stdinPipe?: Writable;
+  private resizePipe?: Writable;
 
   /** `label` names the process in messages ("container X", "exec Y"). */
   constructor(
@@ -44,14 +49,27 @@ export class ProcessIO {
     private readonly log: (message: string, meta?: Record<string, unknown>) => void,
   ) {}
 
-  /** Takes over the child's pipes (spawned with stdio [pipe|ignore, pipe, pipe]). */
-  wire(child: ChildProcess): void {
+  /**
+   * Takes over the child's pipes (spawned with stdio [pipe|ignore, pipe, pipe], and a 4th pipe, the
+   * resize channel, when `terminal`).
+   */
+  wire(child: ChildProcess, terminal = false): void {
     this.stdinPipe = child.stdin ?? undefined;
     child.stdin?.on('error', () => undefined); // EPIPE once the process is gone: nothing to do.
-    const streams: [1 | 2, Readable | null][] = [
-      [1, child.stdout],
-      [2, child.stderr],
-    ];
+    const streams: [1 | 2, Readable | null][] = [[1, child.stdout]];
+    if (terminal) {
+      const resize = child.stdio[3] as Writable | null | undefined;
+      if (resize) {
+        resize.on('error', () => undefined);
+        this.resizePipe = resize;
+      }
+      // The runtime's own errors: the process's output is all on the pty (stdout).
+      child.stderr?.on('data', (data: Buffer) =>
+        this.log('console runtime stderr', { process: this.label, text: data.toString().trim() }),
+      );
+    } else {
+      streams.push([2, child.stderr]);
+    }
     for (const [stream, readable] of streams) {
       if (!readable) continue;
       const pipe: Pipe = { stream, readable, ended: false };
@@ -76,6 +94,7 @@ export class ProcessIO {
   /** The process is gone: the output ends once the pipes are drained. */
   markExited(): void {
     this.exited = true;
+    this.resizePipe?.end();
     this.maybeFinishOutput();
   }
 
@@ -87,6 +106,7 @@ export class ProcessIO {
     }
     this.pending = [];
     this.stdinPipe?.destroy();
+    this.resizePipe?.destroy();
     this.markExited();
   }
 
@@ -179,6 +199,13 @@ export class ProcessIO {
       if (stdin.write(data)) onDone();
       else stdin.once('drain', onDone);
     });
+  }
+
+  /** Sets the terminal's size (SIGWINCH in the process); a no-op without a terminal or once gone. */
+  resize(rows: number, cols: number): void {
+    const pipe = this.resizePipe;
+    if (!pipe || pipe.destroyed || this.exited || rows === 0 || cols === 0) return;
+    pipe.write(`${rows} ${cols}\n`);
   }
 
   /** Idempotent; a no-op for a process without an open stdin (it reads /dev/null). */

@@ -53,6 +53,8 @@ interface CreateContainerRequest {
   user: string;
   open_stdin: boolean;
   working_dir: string;
+  terminal_rows: number;
+  terminal_cols: number;
 }
 
 interface ExecProcessRequest {
@@ -64,6 +66,8 @@ interface ExecProcessRequest {
   user: string;
   open_stdin: boolean;
   tty: boolean;
+  terminal_rows: number;
+  terminal_cols: number;
 }
 
 function unary<Req, Res>(
@@ -115,6 +119,7 @@ export function createAgentService(
         user: req.user,
         openStdin: req.open_stdin,
         workingDir: req.working_dir,
+        terminal: { rows: req.terminal_rows, cols: req.terminal_cols },
       });
     }),
 
@@ -164,8 +169,13 @@ export function createAgentService(
         user: req.user,
         openStdin: req.open_stdin,
         tty: req.tty,
+        rows: req.terminal_rows,
+        cols: req.terminal_cols,
       }),
     })),
+    ResizeTerminal: unary((req: ProcessRef & { rows: number; cols: number }) =>
+      manager.resize(req.container_id, req.exec_id, req.rows, req.cols),
+    ),
     ListProcesses: unary(async (req: { container_id: string }) => {
       const c = manager.describe(req.container_id);
       const processes = await listProcesses(c.cgroupDir, c.rootfs);

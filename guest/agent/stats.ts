@@ -2,7 +2,7 @@
  * What `docker top` and `docker stats` show, read in the guest: the processes of a container's
  * cgroup (from /proc), and the cgroup's figures (cgroup2 cpu.stat, memory.current/memory.stat,
  * pids.current/pids.max, io.stat) with the VM's totals (/proc/stat, /proc/meminfo, /proc/net/dev).
- * The VM holds one container, so the VM's RAM is the container's memory limit.
+ * The VM holds one container: its memory limit is the cgroup's (`-m`), else the VM's RAM.
  *
  * Everything here only reads; a process or cgroup file that vanishes meanwhile is skipped.
  */
@@ -138,7 +138,7 @@ export interface ContainerStats {
   systemCpuNs: number;
   onlineCpus: number;
   memoryUsage: number;
-  /** The VM's RAM (MemTotal): the container's limit. */
+  /** The cgroup's memory.max (`-m`), else the VM's RAM (MemTotal). */
   memoryLimit: number;
   memoryStat: Record<string, number>;
   pidsCurrent: number;
@@ -213,10 +213,11 @@ function systemCpuNs(procStat: string | undefined): number {
 
 export async function containerStats(cgroupDir: string): Promise<ContainerStats> {
   const read = (name: string) => readText(path.join(cgroupDir, name));
-  const [cpuStat, memCurrent, memStat, pidsCurrent, pidsMax, ioStat, procStat, meminfo, netDev] =
+  const [cpuStat, memCurrent, memMax, memStat, pidsCurrent, pidsMax, ioStat, procStat, meminfo, netDev] =
     await Promise.all([
       read('cpu.stat'),
       read('memory.current'),
+      read('memory.max'),
       read('memory.stat'),
       read('pids.current'),
       read('pids.max'),
@@ -238,7 +239,12 @@ export async function containerStats(cgroupDir: string): Promise<ContainerStats>
     systemCpuNs: systemCpuNs(procStat),
     onlineCpus: os.cpus().length || 1,
     memoryUsage: Number((memCurrent ?? '0').trim()) || 0,
-    memoryLimit: memTotalKb ? Number(memTotalKb[1]) * 1024 : os.totalmem(),
+    // `-m` is the cgroup's memory.max; without it the VM's RAM is the limit.
+    memoryLimit: /^\d+$/.test((memMax ?? '').trim())
+      ? Number((memMax ?? '').trim())
+      : memTotalKb
+        ? Number(memTotalKb[1]) * 1024
+        : os.totalmem(),
     memoryStat: keyValues(memStat),
     pidsCurrent: Number((pidsCurrent ?? '0').trim()) || 0,
     pidsLimit: /^\d+$/.test(pidsMaxValue) ? Number(pidsMaxValue) : 0,
