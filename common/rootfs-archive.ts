@@ -340,7 +340,11 @@ export interface ExtractOptions {
   chownTo?: { uid: number; gid: number };
 }
 
-/** Cleans an entry name relative to the extraction point; null when it climbs above it. Pure. */
+/**
+ * Cleans a tar entry name into a path relative to the extraction point ("" is the point itself), or
+ * null when it climbs above it. Leading slashes are dropped (absolute names are confined). Pure;
+ * layer unpack (images/) and docker cp share it.
+ */
 export function cleanEntryName(name: string): string | null {
   const out: string[] = [];
   for (const part of name.split('/')) {

@@ -18,6 +18,7 @@ import * as path from 'node:path';
 import { PassThrough, pipeline, type Readable } from 'node:stream';
 import * as tar from 'tar-stream';
 import { CapsuleError, DataLossError, InvalidParameterError } from '../common/errdefs';
+import { cleanEntryName } from '../common/rootfs-archive';
 import { parseImageConfig } from './image-config';
 import type { ImageMeta } from './image-store';
 import type { ServiceContext } from './internals';
@@ -32,13 +33,7 @@ import {
 } from './manifest';
 import { progressLine, ProgressThrottle } from './progress';
 import { familiarString, parseNormalizedNamed, referenceString, type Reference } from './reference';
-import {
-  cleanEntryPath,
-  decompressors,
-  detectCompression,
-  peekCompression,
-  type Compression,
-} from './unpack';
+import { decompressors, detectCompression, peekCompression, type Compression } from './unpack';
 import type { LoadProgress } from './types';
 
 const MAX_ENTRIES = 100_000;
@@ -61,20 +56,20 @@ export class SpooledArchive {
 
   /** The file at `name`, following symlinks and hardlinks inside the archive. */
   resolve(name: string): SpooledFile {
-    let current = cleanEntryPath(name);
+    let current = cleanEntryName(name);
     for (let hop = 0; hop <= MAX_LINK_HOPS && current !== null; hop++) {
       const entry = this.entries.get(current);
       if (entry === undefined) throw new DataLossError(`invalid archive: ${JSON.stringify(name)} is missing`);
       if (entry.kind === 'file') return entry;
       if (entry.kind === 'dir')
         throw new DataLossError(`invalid archive: ${JSON.stringify(name)} is a directory`);
-      current = entry.target === '' ? null : cleanEntryPath(entry.target);
+      current = entry.target === '' ? null : cleanEntryName(entry.target);
     }
     throw new DataLossError(`invalid archive: ${JSON.stringify(name)} links outside the archive or too deep`);
   }
 
   has(name: string): boolean {
-    const clean = cleanEntryPath(name);
+    const clean = cleanEntryName(name);
     return clean !== null && this.entries.has(clean);
   }
 
@@ -97,7 +92,7 @@ export class SpooledArchive {
 function linkTarget(entryName: string, linkname: string): string {
   if (linkname.startsWith('/')) return linkname;
   const dir = path.posix.dirname(entryName);
-  // Keep ".." visible to cleanEntryPath, which refuses to climb above the root.
+  // Keep ".." visible to cleanEntryName, which refuses to climb above the root.
   return dir === '.' ? linkname : `${dir}/${linkname}`;
 }
 
@@ -162,7 +157,7 @@ export async function spoolArchive(
       for await (const entry of extract) {
         if (++count > MAX_ENTRIES) throw new DataLossError('invalid archive: too many entries');
         const header = entry.header;
-        const name = cleanEntryPath(header.name);
+        const name = cleanEntryName(header.name);
         if (name === null || name === '') {
           entry.resume();
           if (name === null) throw new DataLossError(`invalid archive entry ${JSON.stringify(header.name)}`);

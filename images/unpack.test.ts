@@ -10,7 +10,8 @@ import fc from 'fast-check';
 import { DataLossError, NotImplementedError } from '../common/errdefs';
 import { buildTar, type FixtureEntry } from './testing/image-builder';
 import { zstdStoredFrame } from './testing/zstd-frames';
-import { cleanEntryPath, detectCompression, directorySize, extractLayer, LayerBreakoutError } from './unpack';
+import { cleanEntryName } from '../common/rootfs-archive';
+import { detectCompression, directorySize, extractLayer, LayerBreakoutError } from './unpack';
 
 const isRoot = process.getuid?.() === 0;
 const needsRoot = isRoot ? {} : { skip: 'needs root (mknod, trusted xattrs, chown)' };
@@ -112,16 +113,16 @@ after(async () => {
   await fs.rm(tmpBase, { recursive: true, force: true });
 });
 
-describe('cleanEntryPath', () => {
+describe('cleanEntryName', () => {
   it('makes names relative and clean', () => {
-    assert.equal(cleanEntryPath('./a/b/'), 'a/b');
-    assert.equal(cleanEntryPath('/etc/passwd'), 'etc/passwd');
-    assert.equal(cleanEntryPath('a/./b//c'), 'a/b/c');
-    assert.equal(cleanEntryPath('a/../b'), 'b');
-    assert.equal(cleanEntryPath('./'), '');
-    assert.equal(cleanEntryPath('../x'), null);
-    assert.equal(cleanEntryPath('a/../../x'), null);
-    assert.equal(cleanEntryPath('/../x'), null);
+    assert.equal(cleanEntryName('./a/b/'), 'a/b');
+    assert.equal(cleanEntryName('/etc/passwd'), 'etc/passwd');
+    assert.equal(cleanEntryName('a/./b//c'), 'a/b/c');
+    assert.equal(cleanEntryName('a/../b'), 'b');
+    assert.equal(cleanEntryName('./'), '');
+    assert.equal(cleanEntryName('../x'), null);
+    assert.equal(cleanEntryName('a/../../x'), null);
+    assert.equal(cleanEntryName('/../x'), null);
   });
 
   it('never yields a path that climbs or is absolute (property)', () => {
@@ -129,7 +130,7 @@ describe('cleanEntryPath', () => {
     fc.assert(
       fc.property(fc.array(part, { maxLength: 12 }), fc.boolean(), (parts, absolute) => {
         const name = (absolute ? '/' : '') + parts.join('/');
-        const cleaned = cleanEntryPath(name);
+        const cleaned = cleanEntryName(name);
         if (cleaned === null) return;
         assert.ok(!cleaned.startsWith('/'));
         assert.ok(!cleaned.split('/').includes('..'));

@@ -36,6 +36,7 @@ import * as zlib from 'node:zlib';
 import * as tar from 'tar-stream';
 import { DataLossError, NotImplementedError, SystemError } from '../common/errdefs';
 import type { Logger } from '../common/logger';
+import { cleanEntryName } from '../common/rootfs-archive';
 import { createZstdDecompress } from './zstd';
 
 const execFileAsync = promisify(execFile);
@@ -115,24 +116,6 @@ export async function peekCompression(
     }
   }
   return { compression: detectCompression(Buffer.concat(head)), source };
-}
-
-/**
- * Cleans a tar entry name into a path relative to the layer root ("" is the root itself), or null
- * when it climbs above the root. Leading slashes are dropped (absolute names are confined).
- */
-export function cleanEntryPath(name: string): string | null {
-  const out: string[] = [];
-  for (const part of name.split('/')) {
-    if (part === '' || part === '.') continue;
-    if (part === '..') {
-      if (out.length === 0) return null;
-      out.pop();
-      continue;
-    }
-    out.push(part);
-  }
-  return out.join('/');
 }
 
 export class LayerBreakoutError extends DataLossError {}
@@ -265,7 +248,7 @@ class Extractor {
   }
 
   async entry(header: EntryHeader, body: EntryBody): Promise<void> {
-    const rel = cleanEntryPath(header.name);
+    const rel = cleanEntryName(header.name);
     if (rel === null) throw breakout(`${JSON.stringify(header.name)} is outside of the layer root`);
     const base = rel.slice(rel.lastIndexOf('/') + 1);
     const type = header.type ?? 'file';
@@ -317,7 +300,7 @@ class Extractor {
       }
       case 'link': {
         await drain(body);
-        const targetRel = cleanEntryPath(header.linkname ?? '');
+        const targetRel = cleanEntryName(header.linkname ?? '');
         if (targetRel === null || targetRel === '') {
           throw breakout(
             `invalid hardlink ${JSON.stringify(header.name)} -> ${JSON.stringify(header.linkname)}`,
