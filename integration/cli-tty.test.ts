@@ -78,6 +78,11 @@ async function interact(win: string): Promise<void> {
   line(win, 'sleep 100');
   await new Promise((r) => setTimeout(r, 2000));
   tmux('send-keys', '-t', win, 'C-c');
+  // Type only once the shell is back at its prompt: ash's line editor then asks the terminal for
+  // the cursor position, and a line typed before that answer arrives gets the answer echoed after
+  // its output ("B:alive^[[14;5R"), as on any terminal.
+  await waitScreen(win, /\^C\s*\n\/ # $/m);
+  await new Promise((r) => setTimeout(r, 500));
   line(win, 'echo B:alive');
   await waitScreen(win, /^B:alive\s*$/m, 20_000);
   line(win, 'exit 3');
