@@ -759,6 +759,10 @@ export class ContainerService {
           });
           r.state.finishedAt = formatRFC3339Nano(nowNs());
           if (restarting) r.restartCount++;
+          // dockerd closes the health monitor in the same locked step that records the exit
+          // (updateHealthMonitor), marking the health "unhealthy" with streak and log kept: a
+          // `docker stop` that returns already shows it, whatever a probe in flight still does.
+          if (r.state.health) r.state.health = { ...r.state.health, status: 'unhealthy' };
         });
       })
       .catch((err: unknown) => {
