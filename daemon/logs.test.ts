@@ -34,6 +34,8 @@ async function lines(file: string): Promise<Array<{ log: string; stream: string;
     .map((l) => JSON.parse(l) as { log: string; stream: string; time: string });
 }
 
+const sizeOf = async (p: string): Promise<number> => (await fs.stat(p)).size;
+
 async function collect(gen: AsyncIterable<LogEntry>): Promise<string[]> {
   const out: string[] = [];
   for await (const e of gen) out.push(`${e.stream}:${e.data.toString()}`);
@@ -97,6 +99,84 @@ describe('json-file log writer', () => {
     assert.equal(got.length, 2);
     assert.equal(got[0]?.log.length, MAX_LOG_LINE);
     assert.equal(got[1]?.log.length, 10);
+  });
+
+  it('a line over 16 KiB is cut at 16 KiB even when its newline came in the same chunk (dockerd)', async () => {
+    const file = path.join(dir, 'long-json.log');
+    const w = await JsonFileLogWriter.open(file);
+    w.beginRun();
+    w.write({ stream: 1, data: Buffer.from('a'.repeat(20000) + '\nb\n' + 'c'.repeat(MAX_LOG_LINE * 2 + 5)) });
+    w.write({ stream: 1, data: Buffer.from('c\n') });
+    await w.endRun();
+    await w.close();
+    const got = await lines(file);
+    assert.deepEqual(
+      got.map((l) => l.log.length),
+      [MAX_LOG_LINE, 20001 - MAX_LOG_LINE, 2, MAX_LOG_LINE, MAX_LOG_LINE, 7],
+    );
+  });
+
+  it("writes dockerd's bytes: escapes, invalid UTF-8, one file line per entry", async () => {
+    // What dockerd 20.10 wrote for this output (recorded from the reference dockerd); times differ.
+    const file = path.join(dir, 'bytes-json.log');
+    const w = await JsonFileLogWriter.open(file);
+    w.beginRun();
+    w.write({ stream: 1, data: Buffer.from('a\tb\bc\fd\x01e\x7ff<g>h&i"j\\k\rl\n', 'latin1') });
+    w.write({ stream: 2, data: Buffer.from([0xff, 0x78, 0xe2, 0x82, 0x79, 0x0a, 0xe2]) });
+    w.write({ stream: 2, data: Buffer.from([0x82, 0xac, 0x0a, 0xe2, 0x82]) });
+    await w.endRun();
+    await w.close();
+    const text = (await fs.readFile(file)).toString('latin1').replace(/"time":"[^"]+"/g, '"time":"T"');
+    assert.equal(
+      text,
+      '{"log":"a\\u0009b\\u0008c\\u000cd\\u0001e\x7ff\\u003cg\\u003eh\\u0026i\\"j\\\\k\\rl\\n","stream":"stdout","time":"T"}\n' +
+        '{"log":"\\ufffdx\\ufffd\\ufffdy\\n","stream":"stderr","time":"T"}\n' +
+        // A "€" split across two chunks is one character; a truncated one at the end is two bad bytes.
+        '{"log":"\xe2\x82\xac\\n","stream":"stderr","time":"T"}\n' +
+        '{"log":"\\ufffd\\ufffd","stream":"stderr","time":"T"}\n',
+    );
+  });
+
+  it('rotation is checked before each entry inside one chunk of many lines', async () => {
+    const sub = path.join(dir, 'chunk-rot');
+    await fs.mkdir(sub);
+    const file = path.join(sub, 'r-json.log');
+    const w = await JsonFileLogWriter.open(file, parseLogOptions({ 'max-size': '1k', 'max-file': '3' }));
+    w.beginRun();
+    w.write({ stream: 1, data: Buffer.from(Array.from({ length: 100 }, (_, i) => `line-${i}\n`).join('')) });
+    await w.endRun();
+    await w.close();
+    assert.deepEqual((await fs.readdir(sub)).sort(), ['r-json.log', 'r-json.log.1', 'r-json.log.2']);
+    for (const rotated of [`${file}.1`, `${file}.2`]) {
+      const size = await sizeOf(rotated);
+      assert.ok(size >= 1000 && size < 1100, `${rotated} holds ${size} bytes`);
+    }
+    const got = await collect(readLogFile(file, { stdout: true, stderr: true, maxFiles: 3 }));
+    assert.ok(got.length >= 32 && got.length <= 38, `expected about 35 lines, got ${got.length}`);
+    assertContiguousTail(got, 99);
+  });
+
+  it('a follower gets every entry of a many-line chunk, cut as in the file', async () => {
+    const file = path.join(dir, 'fchunk-json.log');
+    const w = await JsonFileLogWriter.open(file);
+    w.beginRun();
+    const { files, subscription } = await w.follow();
+    await files.close();
+    w.write({ stream: 2, data: Buffer.from('x'.repeat(MAX_LOG_LINE + 1) + '\n' + 'y\n'.repeat(1000)) });
+    await w.endRun();
+    const live: string[] = [];
+    for (let e = await subscription.next(); e; e = await subscription.next())
+      live.push(`${e.stream}:${e.data}`);
+    assert.deepEqual(live, [
+      `2:${'x'.repeat(MAX_LOG_LINE)}`,
+      '2:x\n',
+      ...Array.from({ length: 1000 }, () => '2:y\n'),
+    ]);
+    assert.deepEqual(
+      (await lines(file)).map((l) => `2:${l.log}`),
+      live,
+    );
+    await w.close();
   });
 
   it('escapes like Go and round-trips entries', () => {
@@ -166,6 +246,46 @@ describe('json-file log writer', () => {
   });
 });
 
+describe('reading json-file lines', () => {
+  it('the fast line decoder gives what JSON.parse gives, for lines of any shape', async () => {
+    const file = path.join(dir, 'shapes-json.log');
+    const t = '2026-11-30T02:12:49.63390007Z';
+    const fileLines = [
+      `{"log":"y\\n","stream":"stdout","time":"${t}"}`,
+      `{"log":"y\\n","stream":"stderr","time":"${t}"}`,
+      `{"log":"no newline","stream":"stdout","time":"${t}"}`,
+      `{"log":"tab\\u0009\\u003c\\ufffd\\"q\\\\\\n","stream":"stdout","time":"${t}"}`,
+      `{"log":"é€😀\\n","stream":"stderr","time":"${t}"}`,
+      `{"log":"a\\/b\\n","stream":"stdout","time":"2026-11-30T02:12:49Z"}`,
+      `{"log":"\\n\\n","stream":"stdout","time":"${t}"}`,
+      `{"stream":"stdout","log":"key order\\n","time":"${t}"}`,
+      `{"log":"attrs\\n","stream":"stdout","attrs":{"a":"b"},"time":"${t}"}`,
+      `{"log":"offset\\n","stream":"stdout","time":"2026-11-30T03:12:49.5+01:00"}`,
+      `{"log":"bad time\\n","stream":"stdout","time":"yesterday"}`,
+      `{"log":"no stream\\n","time":"${t}"}`,
+      `{"log":"spaces\\n", "stream":"stdout", "time":"${t}"}`,
+      `{"log":"crlf\\n","stream":"stdout","time":"${t}"}\r`,
+      `not json`,
+      ``,
+      `{"log":"trailing","stream":"stdout","time":"${t}"} x`,
+      `{"log":"unterminated`,
+      `{"log":"last, no newline at the end of the file\\n","stream":"stdout","time":"${t}"}`,
+    ];
+    await fs.writeFile(file, fileLines.join('\n'));
+    const expected: string[] = [];
+    for (const line of fileLines) {
+      const e = line === '' ? undefined : decodeEntry(line);
+      if (e) expected.push(`${e.stream}:${e.timeNs}:${e.data.toString('hex')}`);
+    }
+    const got: string[] = [];
+    for await (const e of readLogFile(file, { stdout: true, stderr: true })) {
+      got.push(`${e.stream}:${e.timeNs}:${e.data.toString('hex')}`);
+    }
+    assert.deepEqual(got, expected);
+    assert.equal(got.length, 14);
+  });
+});
+
 describe('tail over a long log', () => {
   it('keeps the last N entries in order', async () => {
     const file = path.join(dir, 'e-json.log');
@@ -194,8 +314,6 @@ describe('json-file rotation (--log-opt max-size/max-file/compress)', () => {
     await w.endRun();
     await w.close();
   }
-  const sizeOf = async (p: string): Promise<number> => (await fs.stat(p)).size;
-
   it('rotates like dockerd: checks before each entry, <log>.1 … .N-1, reads oldest first', async () => {
     const file = path.join(dir, 'rot-json.log');
     // dockerd with max-size=1k max-file=3 and 100 lines of "line-N": 13 entries per full file.

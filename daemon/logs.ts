@@ -4,7 +4,8 @@
  *
  * Lines are cut as dockerd's log copier cuts them: a message ends at "\n" (kept in `log`); text
  * without a newline waits for more, and is written as a partial message (no trailing "\n") when it
- * reaches 16 KiB or when the run's output ends.
+ * reaches 16 KiB or when the run's output ends. The bytes of an entry are dockerd's, escaping
+ * included (daemon/log-encoder.ts).
  *
  * Rotation (`--log-opt max-size=…`, `max-file=…`, `compress=…`) as dockerd's json-file driver
  * does it: before an entry is written, a file that reached max-size is renamed to `<log>.1` (older
@@ -19,16 +20,16 @@
  */
 import { EventEmitter } from 'node:events';
 import { promises as fs } from 'node:fs';
-import * as readline from 'node:readline';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as zlib from 'node:zlib';
 import type { FileHandle } from 'node:fs/promises';
 import { InvalidParameterError, SystemError, messageOf } from '../common/errdefs';
+import { JsonLogEncoder, MAX_LOG_LINE, encodeEntryText, splitEntries } from './log-encoder';
 import { formatRFC3339Nano, nowNs, parseRFC3339Nano } from './time';
 import type { LogEntry, OutputChunk } from './types';
 
-export const MAX_LOG_LINE = 16 * 1024;
+export { MAX_LOG_LINE } from './log-encoder';
 
 interface RawEntry {
   log?: string;
@@ -36,21 +37,77 @@ interface RawEntry {
   time?: string;
 }
 
-/** JSON as Go's encoding/json writes it: <, >, & and the JS line separators escaped. */
-function goJson(value: unknown): string {
-  return JSON.stringify(value).replace(/[<>&\u2028\u2029]/g, (c) => {
-    return '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0');
-  });
+/** One entry as dockerd writes it (daemon/log-encoder.ts); `entry.data` is at most 16 KiB. */
+export function encodeEntry(entry: LogEntry): string {
+  return encodeEntryText(entry.data, entry.stream, formatRFC3339Nano(entry.timeNs));
 }
 
-export function encodeEntry(entry: LogEntry): string {
-  return (
-    goJson({
-      log: entry.data.toString('utf8'),
-      stream: entry.stream === 1 ? 'stdout' : 'stderr',
-      time: formatRFC3339Nano(entry.timeNs),
-    }) + '\n'
-  );
+/**
+ * Decodes the file's lines, with a fast path for what a container's plain output makes: a printable
+ * ASCII text, at most an escaped "\n" at its end, in the layout the writer uses. Anything else goes
+ * through JSON.parse (decodeEntry). Entries of one chunk share their time text: it is parsed once.
+ */
+class EntryDecoder {
+  private timeText = '';
+  private timeNs: bigint | undefined;
+
+  decode(line: Buffer): LogEntry | undefined {
+    const n = line.length;
+    if (n < 40 || !startsWith(line, 0, LOG_PREFIX)) return this.slow(line);
+    let i = LOG_PREFIX.length;
+    let newline = false;
+    let textEnd = -1;
+    while (i < n) {
+      const b = line[i] as number;
+      if (b === 0x22) {
+        textEnd = i;
+        break;
+      }
+      if (b === 0x5c) {
+        // Only a final \n takes the fast path.
+        if (line[i + 1] !== 0x6e || line[i + 2] !== 0x22) return this.slow(line);
+        newline = true;
+        textEnd = i;
+        i += 2;
+        break;
+      }
+      if (b < 0x20 || b >= 0x7f) return this.slow(line);
+      i++;
+    }
+    if (textEnd < 0) return this.slow(line);
+    let stream: 1 | 2;
+    if (startsWith(line, i, STDOUT_MIDDLE)) stream = 1;
+    else if (startsWith(line, i, STDERR_MIDDLE)) stream = 2;
+    else return this.slow(line);
+    const timeStart = i + STDOUT_MIDDLE.length;
+    const timeEnd = line.indexOf(0x22, timeStart);
+    if (timeEnd < 0 || timeEnd + 2 !== n || line[timeEnd + 1] !== 0x7d) return this.slow(line);
+    const timeText = line.toString('latin1', timeStart, timeEnd);
+    if (timeText !== this.timeText) {
+      this.timeText = timeText;
+      this.timeNs = parseRFC3339Nano(timeText);
+    }
+    if (this.timeNs === undefined) return undefined;
+    const length = textEnd - LOG_PREFIX.length;
+    const data = Buffer.allocUnsafe(length + (newline ? 1 : 0));
+    line.copy(data, 0, LOG_PREFIX.length, textEnd);
+    if (newline) data[length] = 0x0a;
+    return { stream, data, timeNs: this.timeNs };
+  }
+
+  private slow(line: Buffer): LogEntry | undefined {
+    return decodeEntry(line.toString('utf8'));
+  }
+}
+
+const LOG_PREFIX = Buffer.from('{"log":"');
+const STDOUT_MIDDLE = Buffer.from('","stream":"stdout","time":"');
+const STDERR_MIDDLE = Buffer.from('","stream":"stderr","time":"');
+
+function startsWith(data: Buffer, at: number, prefix: Buffer): boolean {
+  if (at + prefix.length > data.length) return false;
+  for (let k = 0; k < prefix.length; k++) if (data[at + k] !== prefix[k]) return false;
+  return true;
 }
 
 export function decodeEntry(line: string): LogEntry | undefined {
@@ -237,21 +294,41 @@ async function renameIfExists(from: string, to: string): Promise<void> {
   }
 }
 
-/**
- * Appends one container's output to its json-file log, rotating it by size. One writer per
- * container, shared by its runs; every file operation runs in one queue, in order.
- */
 /** Bytes of output the log writer queues before it makes the reader wait (see write()). */
 export const LOG_QUEUE_HIGH_WATER = 1 << 20;
 
+/**
+ * Output of one stream cut at entry boundaries (it starts an entry and ends one; the last may be a
+ * partial message), read at one instant: all its entries share that time.
+ */
+interface Batch {
+  stream: 1 | 2;
+  data: Buffer;
+  timeNs: bigint;
+}
+
+/** Output bytes encoded per file write; allocated while a run writes, dropped at its end. */
+const ENCODE_BUFFER_BYTES = 1 << 20;
+
+/**
+ * Appends one container's output to its json-file log, rotating it by size. One writer per
+ * container, shared by its runs; every file operation runs in one queue, in order.
+ *
+ * A chunk of output is cut into entries only as it is encoded, straight into one buffer per file
+ * write (daemon/log-encoder.ts): a container printing short lines makes millions of entries, and
+ * an object or a string per entry was most of the daemon's CPU. Entry objects are made only while
+ * somebody follows the log.
+ */
 export class JsonFileLogWriter {
   private handle: FileHandle | undefined;
   /** Bytes in the current file. */
   private size = 0;
-  private readonly partial = new Map<1 | 2, Buffer>();
+  /** Per stream: the start of an entry still waiting for its "\n" (empty: none). */
+  private readonly partial: Record<1 | 2, Buffer> = { 1: Buffer.alloc(0), 2: Buffer.alloc(0) };
   private chain: Promise<void> = Promise.resolve();
   /** Output bytes queued and not yet written. */
   private queuedBytes = 0;
+  private encoder: JsonLogEncoder | undefined;
   private readonly events = new EventEmitter();
   private runOpen = false;
   private closed = false;
@@ -283,44 +360,39 @@ export class JsonFileLogWriter {
   }
 
   /**
-   * Takes a chunk of output; complete lines are queued for writing at once. Returns a promise when
-   * more than LOG_QUEUE_HIGH_WATER bytes wait for the disk: the caller stops reading the container's
-   * output until it settles (backpressure to the guest, rather than the daemon's memory growing
-   * with whatever the container writes faster than the disk takes it).
+   * Takes a chunk of output; complete entries are queued for writing at once. Returns a promise
+   * when more than LOG_QUEUE_HIGH_WATER bytes wait for the disk: the caller stops reading the
+   * container's output until it settles (backpressure to the guest, rather than the daemon's memory
+   * growing with whatever the container writes faster than the disk takes it).
    */
   write(chunk: OutputChunk): Promise<void> | undefined {
-    const time = nowNs();
-    const buffered = this.partial.get(chunk.stream);
-    let data = buffered && buffered.length > 0 ? Buffer.concat([buffered, chunk.data]) : chunk.data;
-    let start = 0;
-    const entries: LogEntry[] = [];
-    for (;;) {
-      const nl = data.indexOf(0x0a, start);
-      if (nl < 0) break;
-      entries.push({ stream: chunk.stream, data: data.subarray(start, nl + 1), timeNs: time });
-      start = nl + 1;
-    }
-    data = data.subarray(start);
-    while (data.length >= MAX_LOG_LINE) {
-      entries.push({ stream: chunk.stream, data: data.subarray(0, MAX_LOG_LINE), timeNs: time });
-      data = data.subarray(MAX_LOG_LINE);
-    }
-    this.partial.set(chunk.stream, Buffer.from(data));
-    if (entries.length > 0) this.append(entries);
+    const stream = chunk.stream;
+    const held = this.partial[stream];
+    const data = held.length > 0 ? Buffer.concat([held, chunk.data]) : chunk.data;
+    // Complete entries: up to the last "\n", then whole 16 KiB pieces of the line after it (the
+    // entry cutting restarts after each "\n", so these are entry boundaries).
+    let end = data.lastIndexOf(0x0a) + 1;
+    const rest = data.length - end;
+    if (rest >= MAX_LOG_LINE) end += rest - (rest % MAX_LOG_LINE);
+    // A copy, so that the held bytes do not pin the whole chunk.
+    this.partial[stream] = end < data.length ? Buffer.from(data.subarray(end)) : Buffer.alloc(0);
+    if (end > 0) this.append([{ stream, data: data.subarray(0, end), timeNs: nowNs() }]);
     return this.queuedBytes > LOG_QUEUE_HIGH_WATER ? this.chain : undefined;
   }
 
   /** The run's output ended: flush partial lines, let followers finish. */
   async endRun(): Promise<void> {
-    const time = nowNs();
-    const rest: LogEntry[] = [];
+    const timeNs = nowNs();
+    const rest: Batch[] = [];
     for (const stream of [1, 2] as const) {
-      const data = this.partial.get(stream);
-      if (data && data.length > 0) rest.push({ stream, data, timeNs: time });
+      const data = this.partial[stream];
+      if (data.length > 0) rest.push({ stream, data, timeNs });
+      this.partial[stream] = Buffer.alloc(0);
     }
-    this.partial.clear();
     if (rest.length > 0) this.append(rest);
     await this.chain;
+    // The encode buffer is only needed while output flows.
+    this.encoder = undefined;
     this.runOpen = false;
     this.events.emit('end');
   }
@@ -340,13 +412,13 @@ export class JsonFileLogWriter {
     return result;
   }
 
-  private append(entries: LogEntry[]): void {
+  private append(batches: Batch[]): void {
     let queued = 0;
-    for (const entry of entries) queued += entry.data.length;
+    for (const batch of batches) queued += batch.data.length;
     this.queuedBytes += queued;
     void this.enqueue(async () => {
       try {
-        await this.writeEntries(entries);
+        await this.writeBatches(batches);
       } finally {
         // Inside the task: the queue's promise (what write() hands out) settles after this.
         this.queuedBytes -= queued;
@@ -355,29 +427,44 @@ export class JsonFileLogWriter {
   }
 
   /** Caller is in the queue. */
-  private async writeEntries(entries: LogEntry[]): Promise<void> {
+  private async writeBatches(batches: Batch[]): Promise<void> {
     if (this.closed || !this.handle) return;
-    let pending: Buffer[] = [];
-    let pendingBytes = 0;
-    const flush = async (): Promise<void> => {
-      if (pendingBytes === 0 || !this.handle) return;
-      await this.handle.write(Buffer.concat(pending, pendingBytes));
-      this.size += pendingBytes;
-      pending = [];
-      pendingBytes = 0;
-    };
-    for (const entry of entries) {
-      // dockerd checks before each entry: a file that reached max-size is rotated first.
-      if (this.options.maxSize > 0 && this.size + pendingBytes >= this.options.maxSize) {
-        await flush();
-        await this.rotate();
+    const encoder = (this.encoder ??= new JsonLogEncoder(ENCODE_BUFFER_BYTES));
+    const { maxSize } = this.options;
+    for (const batch of batches) {
+      const { data } = batch;
+      encoder.begin(batch.stream, formatRFC3339Nano(batch.timeNs));
+      let at = 0;
+      while (at < data.length) {
+        // dockerd checks before each entry: a file that reached max-size is rotated first. The
+        // encoder stops before an entry once size + encoded bytes reach it.
+        at = encoder.encode(data, at, data.length, maxSize > 0 ? maxSize - this.size : Infinity);
+        if (at === data.length) break;
+        await this.flushEncoded(encoder);
+        if (maxSize > 0 && this.size >= maxSize) await this.rotate();
       }
-      const bytes = Buffer.from(encodeEntry(entry), 'utf8');
-      pending.push(bytes);
-      pendingBytes += bytes.length;
     }
-    await flush();
-    for (const entry of entries) this.events.emit('entry', entry);
+    await this.flushEncoded(encoder);
+    if (this.events.listenerCount('entry') > 0) {
+      const entries: LogEntry[] = [];
+      for (const { stream, data, timeNs } of batches) {
+        for (const part of splitEntries(data)) entries.push({ stream, data: part, timeNs });
+      }
+      this.events.emit('entry', entries);
+    }
+  }
+
+  /** Caller is in the queue. Appends what the encoder holds to the current file. */
+  private async flushEncoded(encoder: JsonLogEncoder): Promise<void> {
+    const bytes = encoder.bytes();
+    encoder.reset();
+    if (bytes.length === 0 || !this.handle) return;
+    let done = 0;
+    while (done < bytes.length) {
+      const { bytesWritten } = await this.handle.write(bytes, done, bytes.length - done);
+      done += bytesWritten;
+    }
+    this.size += bytes.length;
   }
 
   /** Caller is in the queue. Shifts the rotated files and starts an empty current file. */
@@ -424,11 +511,13 @@ export class JsonFileLogWriter {
 
   /** Live entries from now on. */
   private subscribe(): LogSubscription {
-    const queue: LogEntry[] = [];
+    // Entries come in lists (one per write); `queue[0][first]` is the next one.
+    const queue: LogEntry[][] = [];
+    let first = 0;
     let ended = !this.runOpen;
     let wake: (() => void) | undefined;
-    const onEntry = (entry: LogEntry): void => {
-      queue.push(entry);
+    const onEntry = (entries: LogEntry[]): void => {
+      queue.push(entries);
       wake?.();
     };
     const onEnd = (): void => {
@@ -446,8 +535,16 @@ export class JsonFileLogWriter {
     return {
       next: async () => {
         for (;;) {
-          const entry = queue.shift();
-          if (entry) return entry;
+          const head = queue[0];
+          if (head) {
+            const entry = head[first++];
+            if (first >= head.length) {
+              queue.shift();
+              first = 0;
+            }
+            if (entry) return entry;
+            continue;
+          }
           if (ended) return undefined;
           await new Promise<void>((resolve) => (wake = resolve));
           wake = undefined;
@@ -502,30 +599,45 @@ export async function* readLogEntries(files: LogFiles, opts: ReadLogOptions): As
   // The last `tail` entries, kept in a ring so that a long log costs O(lines), not O(lines × tail).
   const ring: LogEntry[] = [];
   let next = 0;
+  /** True: hand the entry out now; false: the ring took it. */
+  const take = (entry: LogEntry): boolean => {
+    if (opts.tail === undefined) return true;
+    if (ring.length < opts.tail) ring.push(entry);
+    else {
+      ring[next] = entry;
+      next = (next + 1) % opts.tail;
+    }
+    return false;
+  };
   try {
     if (opts.tail === 0) return;
     for (const source of files.sources) {
       if (source.end === 0) continue;
       const input = sourceStream(source);
-      const lines = readline.createInterface({ input, crlfDelay: Infinity });
+      const decoder = new EntryDecoder();
+      // The start of a line whose "\n" is in a later chunk.
+      let carry: Buffer = Buffer.alloc(0);
       try {
-        for await (const line of lines) {
-          if (line === '') continue;
-          const entry = decodeEntry(line);
-          if (!entry || !entryWanted(entry, opts)) continue;
-          if (opts.tail === undefined) {
-            yield entry;
-          } else if (ring.length < opts.tail) {
-            ring.push(entry);
-          } else {
-            ring[next] = entry;
-            next = (next + 1) % opts.tail;
+        for await (const chunk of input as AsyncIterable<Buffer>) {
+          const data = carry.length > 0 ? Buffer.concat([carry, chunk]) : chunk;
+          // A chunk's entries are decoded before any is handed out (one await per entry is what
+          // costs); a 64 KiB chunk holds at most a few thousand.
+          const entries: LogEntry[] = [];
+          let start = 0;
+          for (let nl = data.indexOf(0x0a); nl >= 0; nl = data.indexOf(0x0a, start)) {
+            const entry = nl > start ? decoder.decode(data.subarray(start, nl)) : undefined;
+            start = nl + 1;
+            if (entry && entryWanted(entry, opts)) entries.push(entry);
           }
+          carry = start < data.length ? Buffer.from(data.subarray(start)) : Buffer.alloc(0);
+          for (const entry of entries) if (take(entry)) yield entry;
         }
+        // A last line without its "\n" (a file cut short).
+        const entry = carry.length > 0 ? decoder.decode(carry) : undefined;
+        if (entry && entryWanted(entry, opts) && take(entry)) yield entry;
       } catch {
         // A damaged rotated file (truncated gzip, say) ends that file, not the read.
       } finally {
-        lines.close();
         input.destroy();
       }
     }
