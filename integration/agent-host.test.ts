@@ -285,6 +285,48 @@ describe('guest agent on the host (real crun)', { timeout: 180_000 }, () => {
     assert.equal(r.stderr, 'failing\n');
   });
 
+  it('RunExec: one stream carries the pid, the output in order and the exit; a failed start is 126', async () => {
+    const run = await start(['sh', '-c', 'echo ready; sleep 1000']);
+    await waitForOutput(run, 'ready');
+    const started = await client.runExec({
+      containerId: run.id,
+      execId: 'exec-1',
+      args: ['sh', '-c', 'echo out; echo err >&2; echo again; exit 5'],
+      env: ['PATH=/bin'],
+      workingDir: '',
+      user: '',
+      openStdin: false,
+      tty: false,
+    });
+    assert.ok(started.pid > 0);
+    const chunks: OutputChunk[] = [];
+    for await (const chunk of started.output) chunks.push(chunk as OutputChunk);
+    const text = (s: 1 | 2) =>
+      Buffer.concat(chunks.filter((c) => c.stream === s).map((c) => c.data)).toString('utf8');
+    assert.deepEqual([text(1), text(2)], ['out\nagain\n', 'err\n']);
+    assert.deepEqual(await started.exited, { exitCode: 5, oomKilled: false });
+    const failed = await client
+      .runExec({
+        containerId: run.id,
+        execId: 'exec-2',
+        args: ['nosuch'],
+        env: ['PATH=/bin'],
+        workingDir: '',
+        user: '',
+        openStdin: false,
+        tty: false,
+      })
+      .then(
+        () => assert.fail('should fail'),
+        (e: unknown) => e,
+      );
+    assert.match(String(failed), /executable file not found in \$PATH/);
+    assert.equal(exitCodeOf(failed), 126);
+    await client.signalProcess(run.id, '', 9);
+    await client.waitProcess(run.id);
+    await run.ended;
+  });
+
   it('SIGTERM → 143 for a process that handles it', async () => {
     const run = await start(['sh', '-c', 'trap "exit 143" TERM; echo ready; sleep 1000 & wait']);
     await waitForOutput(run, 'ready');

@@ -97,6 +97,13 @@ describe('docker exec, top and stats with real VMs', () => {
     assert.equal(out, '1 yes\n/tmp\n1000\n1000\n');
   });
 
+  it('the container and its execs run at oom_score_adj 0 (the agent keeps its -1000 to itself)', async () => {
+    // The agent protects itself from the guest's OOM killer; a process that inherited -1000 would
+    // leave the killer nothing to pick (dockerd's containers run at 0 too).
+    assert.equal(ok(await docker(['exec', name, 'cat', '/proc/1/oom_score_adj'])), '0\n');
+    assert.equal(ok(await docker(['exec', name, 'cat', '/proc/self/oom_score_adj'])), '0\n');
+  });
+
   it('exec -i passes stdin and its EOF to the process', async () => {
     assert.equal(
       ok(await docker(['exec', '-i', name, 'cat'], 'hello stdin\nline 2\n')),

@@ -223,6 +223,96 @@ describe('AgentClient against a fake agent', () => {
     }
   });
 
+  const execParams = {
+    containerId: 'c',
+    execId: 'e1',
+    args: ['true'],
+    env: [],
+    workingDir: '',
+    user: '',
+    openStdin: false,
+    tty: false,
+  };
+
+  it('runExec: started (pid), output chunks in order, then the exit — one stream', async () => {
+    let request: Record<string, unknown> | undefined;
+    fake.handlers.RunExec = ((call: grpc.ServerWritableStream<Record<string, unknown>, object>) => {
+      request = call.request;
+      call.write({ started: { pid: 42 } });
+      call.write({ output: { stream: 1, data: Buffer.from('out') } });
+      call.write({ output: { stream: 2, data: Buffer.from('err') } });
+      call.write({ exited: { exit_code: 3, oom_killed: false } });
+      call.end();
+    }) as grpc.UntypedHandleCall;
+    const client = new AgentClient({ socketPath: socket, transport: 'direct' });
+    try {
+      const started = await client.runExec({ ...execParams, terminalRows: 24, terminalCols: 80 });
+      assert.equal(started.pid, 42);
+      assert.equal(request?.exec_id, 'e1');
+      assert.equal(request?.terminal_cols, 80);
+      const chunks: { stream: number; data: Buffer }[] = [];
+      for await (const chunk of started.output) chunks.push(chunk as { stream: number; data: Buffer });
+      assert.deepEqual(
+        chunks.map((c) => [c.stream, c.data.toString()]),
+        [
+          [1, 'out'],
+          [2, 'err'],
+        ],
+      );
+      assert.deepEqual(await started.exited, { exitCode: 3, oomKilled: false });
+    } finally {
+      client.close();
+    }
+  });
+
+  it('runExec: a start failure rejects with the exit code trailer (126); no unhandled exit', async () => {
+    fake.handlers.RunExec = ((call: grpc.ServerWritableStream<unknown, object>) => {
+      const metadata = new grpc.Metadata();
+      metadata.set(EXIT_CODE_TRAILER, '126');
+      call.emit('error', {
+        code: grpc.status.UNKNOWN,
+        details: 'OCI runtime exec failed: exec failed: unable to start container process',
+        metadata,
+      });
+    }) as grpc.UntypedHandleCall;
+    const client = new AgentClient({ socketPath: socket, transport: 'direct' });
+    try {
+      const err = await client.runExec(execParams).then(
+        () => assert.fail('should fail'),
+        (e: unknown) => e,
+      );
+      assert.match(String(err), /unable to start container process/);
+      assert.equal(exitCodeOf(err), 126);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('runExec: no start within the start timeout is a DeadlineError; a stream that ends without an exit rejects `exited`', async () => {
+    fake.handlers.RunExec = (() => undefined) as grpc.UntypedHandleCall; // never starts
+    const slow = new AgentClient({ socketPath: socket, transport: 'direct', startTimeoutMs: 200 });
+    try {
+      await assert.rejects(slow.runExec(execParams), DeadlineError);
+    } finally {
+      slow.close();
+    }
+    fake.handlers.RunExec = ((call: grpc.ServerWritableStream<unknown, object>) => {
+      call.write({ started: { pid: 7 } });
+      call.write({ output: { stream: 1, data: Buffer.from('partial') } });
+      call.end();
+    }) as grpc.UntypedHandleCall;
+    const client = new AgentClient({ socketPath: socket, transport: 'direct' });
+    try {
+      const started = await client.runExec(execParams);
+      for await (const _ of started.output) {
+        // drain
+      }
+      await assert.rejects(started.exited, /without an exit/);
+    } finally {
+      client.close();
+    }
+  });
+
   it(
     'close() with a ReadOutput stream open ends the connection (the next client is not stuck behind it)',
     { timeout: 10_000 },

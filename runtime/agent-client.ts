@@ -71,7 +71,7 @@ export interface CreateContainerParams {
   terminalCols?: number;
 }
 
-/** A process to run in a running container (agent.proto ExecProcess). */
+/** A process to run in a running container (agent.proto RunExec). */
 export interface ExecProcessParams {
   containerId: string;
   execId: string;
@@ -87,6 +87,21 @@ export interface ExecProcessParams {
   /** The terminal's initial size (tty only; 0 = default). */
   terminalRows?: number;
   terminalCols?: number;
+}
+
+/** An exec that runs (AgentClient.runExec). */
+export interface StartedExec {
+  pid: number;
+  /** OutputChunks in the order the agent read them; ends after the last one. */
+  output: Readable;
+  exited: Promise<ExitResult>;
+}
+
+/** RunExec's ExecEvent as @grpc/proto-loader decodes it (defaults: unset messages are null). */
+interface ExecEventMessage {
+  started?: { pid: number } | null;
+  output?: { stream: number; data: Buffer } | null;
+  exited?: { exit_code: number; oom_killed: boolean } | null;
 }
 
 /** An error from an agent call; `exitCode` is set when the agent said which status Docker records. */
@@ -571,27 +586,80 @@ export class AgentClient {
   }
 
   /**
-   * Starts an extra process in the running container; resolves with its guest pid once it runs.
-   * A process that cannot start rejects with dockerd's message and `exitCode` 126.
+   * Starts an extra process in the running container (RunExec): resolves once it runs, with its
+   * guest pid, its output (OutputChunks; ends after the last one) and its exit. A process that
+   * cannot start rejects with dockerd's message and `exitCode` 126; one that does not start within
+   * the start timeout rejects with DeadlineError. `exited` rejects when the stream breaks before the
+   * exit was reported (the VM or the connection went away).
    */
-  async execProcess(p: ExecProcessParams): Promise<number> {
-    const r = await this.unary<{ pid: number }>(
-      'ExecProcess',
-      {
-        container_id: p.containerId,
-        exec_id: p.execId,
-        args: p.args,
-        env: p.env,
-        working_dir: p.workingDir,
-        user: p.user,
-        open_stdin: p.openStdin,
-        tty: p.tty,
-        terminal_rows: p.terminalRows ?? 0,
-        terminal_cols: p.terminalCols ?? 0,
-      },
-      this.startTimeoutMs,
-    );
-    return r.pid;
+  runExec(p: ExecProcessParams): Promise<StartedExec> {
+    if (this.closed)
+      return Promise.reject(new UnavailableError(`agent client for ${this.opts.socketPath} is closed`));
+    const fn = (this.client as unknown as Record<string, StreamMethod>).RunExec as StreamMethod;
+    const call = fn.call(this.client, {
+      container_id: p.containerId,
+      exec_id: p.execId,
+      args: p.args,
+      env: p.env,
+      working_dir: p.workingDir,
+      user: p.user,
+      open_stdin: p.openStdin,
+      tty: p.tty,
+      terminal_rows: p.terminalRows ?? 0,
+      terminal_cols: p.terminalCols ?? 0,
+    });
+    this.active.add(call);
+    call.on('status', () => this.active.delete(call));
+    let settleExit!: { resolve: (r: ExitResult) => void; reject: (e: Error) => void };
+    const exited = new Promise<ExitResult>((resolve, reject) => (settleExit = { resolve, reject }));
+    // Nobody waits on it when the start fails.
+    exited.catch(() => undefined);
+    let exit: ExitResult | undefined;
+    return new Promise<StartedExec>((resolve, reject) => {
+      let started = false;
+      const timer = setTimeout(() => {
+        reject(new DeadlineError(`exec ${p.execId} did not start within ${this.startTimeoutMs} ms`));
+        call.cancel();
+      }, this.startTimeoutMs);
+      const output = new Transform({
+        objectMode: true,
+        highWaterMark: 16,
+        transform(msg: ExecEventMessage, _enc, done) {
+          if (msg.started) {
+            started = true;
+            clearTimeout(timer);
+            resolve({ pid: msg.started.pid, output, exited });
+            done();
+          } else if (msg.output) {
+            const chunk: OutputChunk = { stream: msg.output.stream === 2 ? 2 : 1, data: msg.output.data };
+            done(null, chunk);
+          } else {
+            if (msg.exited) exit = { exitCode: msg.exited.exit_code, oomKilled: msg.exited.oom_killed };
+            done();
+          }
+        },
+        flush(done) {
+          if (exit) settleExit.resolve(exit);
+          else
+            settleExit.reject(
+              new UnavailableError(`exec ${p.execId}: the agent ended its stream without an exit`),
+            );
+          done();
+        },
+      });
+      call.on('error', (err: grpc.ServiceError) => {
+        const mapped = errorFromStatus(err);
+        if (!started) {
+          clearTimeout(timer);
+          reject(mapped);
+        }
+        settleExit.reject(mapped);
+        // Before the start nobody holds `output` (or listens for its errors).
+        output.destroy(started ? mapped : undefined);
+      });
+      output.on('close', () => call.cancel());
+      call.pipe(output);
+    });
   }
 
   /** Sets the size of a process's terminal (a no-op in the guest for one without a terminal). */

@@ -329,7 +329,7 @@ class Sandbox implements RunningSandbox {
   }
 
   async exec(spec: ExecSpec): Promise<RunningExec> {
-    const pid = await this.client.execProcess({
+    const started = await this.client.runExec({
       containerId: this.id,
       execId: spec.execId,
       args: spec.args,
@@ -341,15 +341,15 @@ class Sandbox implements RunningSandbox {
       terminalRows: spec.consoleSize?.[0] ?? 0,
       terminalCols: spec.consoleSize?.[1] ?? 0,
     });
-    const raw = this.client.readOutput(this.id, spec.execId);
+    const pid = started.pid;
     const output = new PassThrough({ objectMode: true, highWaterMark: 16 });
-    raw.on('error', (err) => {
+    started.output.on('error', (err) => {
       if (!this.destroying)
         this.log.debug('exec output stream broke', { exec: spec.execId, error: err.message });
       output.end();
     });
-    raw.pipe(output);
-    const exited = this.client.waitProcess(this.id, spec.execId).catch((err: unknown) => {
+    started.output.pipe(output);
+    const exited = started.exited.catch((err: unknown) => {
       // The VM went away under the process (the container stopped): as if killed.
       this.log.debug('lost an exec process', { exec: spec.execId, error: messageOf(err) });
       return KILLED;

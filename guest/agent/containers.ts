@@ -20,7 +20,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants as osConstants } from 'node:os';
-import { promises as fs } from 'node:fs';
+import { promises as fs, readFileSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
 import path from 'node:path';
 import { AgentError } from './errors';
 import { ProcessIO, type OutputSink } from './process-io';
@@ -84,28 +84,48 @@ async function spawnRuntime(
 ): Promise<{ child: ChildProcess; consoleSocket?: string }> {
   const stdin = options.openStdin ? 'pipe' : 'ignore';
   if (!options.terminal) {
-    const child = spawn(...crunCommand(opts, [...globalArgs, command, ...commandArgs]), {
-      stdio: [stdin, 'pipe', 'pipe'],
-      cwd: options.cwd,
-    });
+    const child = spawnOutsideOomProtection(opts, () =>
+      spawn(opts.crunPath, [...globalArgs, command, ...commandArgs], {
+        stdio: [stdin, 'pipe', 'pipe'],
+        cwd: options.cwd,
+      }),
+    );
     return { child };
   }
   const dir = opts.consoleSocketDir ?? path.join(path.dirname(opts.bundlesDir), 'console');
   await fs.mkdir(dir, { recursive: true, mode: 0o700 });
   const socket = path.join(dir, `${randomBytes(8).toString('hex')}.sock`);
-  const [cmd, args] = crunCommand(opts, [...globalArgs, command, '--console-socket', socket, ...commandArgs]);
+  const crunArgs = [...globalArgs, command, '--console-socket', socket, ...commandArgs];
   const { rows, cols } = options.terminal;
-  const child = spawn(consolePathOf(opts), [socket, String(rows), String(cols), '--', cmd, ...args], {
-    stdio: [stdin, 'pipe', 'pipe', 'pipe'],
-    cwd: options.cwd,
-  });
+  const child = spawnOutsideOomProtection(opts, () =>
+    spawn(consolePathOf(opts), [socket, String(rows), String(cols), '--', opts.crunPath, ...crunArgs], {
+      stdio: [stdin, 'pipe', 'pipe', 'pipe'],
+      cwd: options.cwd,
+    }),
+  );
   return { child, consoleSocket: socket };
 }
 
-/** How crun is spawned: directly, or through sh resetting oom_score_adj to 0 first (see above). */
-function crunCommand(opts: ContainerManagerOptions, args: string[]): [string, string[]] {
-  if (!opts.resetOomScoreAdj) return [opts.crunPath, args];
-  return ['/bin/sh', ['-c', 'echo 0 >/proc/self/oom_score_adj && exec "$0" "$@"', opts.crunPath, ...args]];
+const OOM_SCORE_ADJ = '/proc/self/oom_score_adj';
+
+/**
+ * Runs `spawnChild` with the agent's oom_score_adj at 0 (see resetOomScoreAdj). The child copies
+ * the value when it is forked, and libuv forks inside spawn() itself, synchronously: writing 0
+ * before and -1000 after is enough, and costs no extra process. (A `sh -c 'echo 0 >…; exec crun'`
+ * wrapper did the same for one more fork+exec — about 100 ms of every exec under TCG.)
+ */
+function spawnOutsideOomProtection(
+  opts: ContainerManagerOptions,
+  spawnChild: () => ChildProcess,
+): ChildProcess {
+  if (!opts.resetOomScoreAdj) return spawnChild();
+  const protectedValue = readFileSync(OOM_SCORE_ADJ, 'utf8').trim();
+  writeFileSync(OOM_SCORE_ADJ, '0');
+  try {
+    return spawnChild();
+  } finally {
+    writeFileSync(OOM_SCORE_ADJ, protectedValue);
+  }
 }
 
 /** The id of warmUp()'s throwaway container; no Docker id looks like it. */
@@ -182,22 +202,38 @@ async function processStartTime(pid: number): Promise<string | undefined> {
   }
 }
 
-/** Polls for crun's pid file until it appears (started) or crun exits without it (failed). */
+/**
+ * Waits for crun's pid file until it appears (started) or crun exits without it (failed). inotify
+ * on its directory wakes the check as crun writes it (a poll with backoff cost up to 25 ms of
+ * every exec, and its wake-ups competed with crun for the VM's CPU); a slow poll covers an event
+ * missed, or a directory that cannot be watched.
+ */
 async function waitForPidFile(pidFile: string, exit: Promise<unknown>): Promise<number | undefined> {
   let crunGone = false;
   void exit.then(() => (crunGone = true));
-  let interval = 2;
-  for (;;) {
-    const finalCheck = crunGone;
-    try {
-      const pid = Number.parseInt(await fs.readFile(pidFile, 'utf8'), 10);
-      if (Number.isInteger(pid) && pid > 0) return pid;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  let wake: () => void = () => undefined;
+  let watcher: FSWatcher | undefined;
+  try {
+    watcher = watch(path.dirname(pidFile), () => wake());
+    watcher.on('error', () => undefined);
+  } catch {
+    // polling alone
+  }
+  try {
+    for (;;) {
+      const finalCheck = crunGone;
+      const woken = new Promise<void>((resolve) => (wake = resolve));
+      try {
+        const pid = Number.parseInt(await fs.readFile(pidFile, 'utf8'), 10);
+        if (Number.isInteger(pid) && pid > 0) return pid;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      }
+      if (finalCheck) return undefined;
+      await Promise.race([sleep(watcher ? 100 : 10), exit, woken]);
     }
-    if (finalCheck) return undefined;
-    await Promise.race([sleep(interval), exit]);
-    interval = Math.min(interval * 2, 25);
+  } finally {
+    watcher?.close();
   }
 }
 
@@ -551,8 +587,11 @@ class Container {
 
 /** Resolves Docker's User string against the rootfs's /etc/passwd and /etc/group (read in the root). */
 async function resolveUserInRoot(rootfs: string, user: string): Promise<ResolvedUser> {
-  const passwd = await readFileInRoot(rootfs, '/etc/passwd');
-  const group = await readFileInRoot(rootfs, '/etc/group');
+  // Both at once: each read is a few virtiofs round trips to the host, on every exec.
+  const [passwd, group] = await Promise.all([
+    readFileInRoot(rootfs, '/etc/passwd'),
+    readFileInRoot(rootfs, '/etc/group'),
+  ]);
   return resolveUser(
     user,
     passwd === undefined ? undefined : parsePasswd(passwd),
@@ -797,8 +836,12 @@ export class ContainerManager {
     };
 
     const dir = path.join(container.bundleDir, 'execs', execId);
-    await fs.rm(dir, { recursive: true, force: true });
-    await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+    // Exec ids are unique (AlreadyExists above): the dir is new, unless a start failed midway.
+    await fs.mkdir(dir, { mode: 0o700 }).catch(async (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST' && err.code !== 'ENOENT') throw err;
+      await fs.rm(dir, { recursive: true, force: true });
+      await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+    });
     await fs.writeFile(path.join(dir, 'process.json'), JSON.stringify(processSpec), { mode: 0o600 });
     const exec = new Exec(execId, dir, params.openStdin, params.args[0] as string, this.opts, terminal);
     container.execs.set(execId, exec);

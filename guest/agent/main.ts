@@ -100,7 +100,7 @@ async function dockerNetworkSysctls(): Promise<void> {
  * The VM's RAM is the container's memory limit (--memory sizes the VM), so a container that runs out
  * of it meets the kernel's OOM killer, which must pick the container's process, never the agent:
  * the agent has to survive to report exit 137 and OOMKilled. Children inherit the value, so crun is
- * started at 0 again (containers.ts crunCommand).
+ * started at 0 again (containers.ts spawnOutsideOomProtection).
  */
 async function protectFromOomKiller(): Promise<boolean> {
   try {

@@ -70,6 +70,53 @@ interface ExecProcessRequest {
   terminal_cols: number;
 }
 
+type ExecEvent =
+  | { started: { pid: number } }
+  | { output: { stream: number; data: Buffer } }
+  | { exited: { exit_code: number; oom_killed: boolean } };
+
+/**
+ * RunExec: starts the exec, then moves its output to the stream until the pipes are drained, then
+ * reports the exit. `started` is written before the output is attached, so it comes first.
+ */
+async function runExec(
+  manager: ContainerManager,
+  call: grpc.ServerWritableStream<ExecProcessRequest, ExecEvent>,
+): Promise<void> {
+  const req = call.request;
+  const containerId = req.container_id;
+  const execId = req.exec_id;
+  const pid = await manager.exec({
+    containerId,
+    execId,
+    args: req.args,
+    env: req.env,
+    workingDir: req.working_dir,
+    user: req.user,
+    openStdin: req.open_stdin,
+    tty: req.tty,
+    rows: req.terminal_rows,
+    cols: req.terminal_cols,
+  });
+  call.write({ started: { pid } });
+  const drained = new Promise<void>((resolve) => {
+    const detach = manager.attachOutput(containerId, execId, {
+      write: (stream, data) => call.write({ output: { stream, data } }),
+      onceDrain: (listener) => call.once('drain', listener),
+      end: () => {
+        manager.outputFinished(containerId, execId);
+        resolve();
+      },
+    });
+    // The host went away or cancelled: stop moving output (the process runs on).
+    call.on('cancelled', detach);
+  });
+  const status = await manager.wait(containerId, execId);
+  await drained;
+  call.write({ exited: { exit_code: status.exitCode, oom_killed: status.oomKilled } });
+  call.end();
+}
+
 function unary<Req, Res>(
   handler: (request: Req) => Promise<Res> | Res,
 ): grpc.handleUnaryCall<Req, Res | Record<string, never>> {
@@ -159,20 +206,12 @@ export function createAgentService(
       const status = await manager.wait(req.container_id, req.exec_id);
       return { exit_code: status.exitCode, oom_killed: status.oomKilled };
     }),
-    ExecProcess: unary(async (req: ExecProcessRequest) => ({
-      pid: await manager.exec({
-        containerId: req.container_id,
-        execId: req.exec_id,
-        args: req.args,
-        env: req.env,
-        workingDir: req.working_dir,
-        user: req.user,
-        openStdin: req.open_stdin,
-        tty: req.tty,
-        rows: req.terminal_rows,
-        cols: req.terminal_cols,
-      }),
-    })),
+    RunExec: (call: grpc.ServerWritableStream<ExecProcessRequest, ExecEvent>) => {
+      // A cancelled call has nobody to tell.
+      void runExec(manager, call).catch((err: unknown) => {
+        if (!call.cancelled) call.emit('error', toServiceError(err));
+      });
+    },
     ResizeTerminal: unary((req: ProcessRef & { rows: number; cols: number }) =>
       manager.resize(req.container_id, req.exec_id, req.rows, req.cols),
     ),
