@@ -3,142 +3,35 @@
  * runtime (fast: fake exits, and a manual clock where the backoff matters).
  */
 import assert from 'node:assert/strict';
-import { promises as fs } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { after, afterEach, beforeEach, describe, it } from 'node:test';
+import { beforeEach, describe, it } from 'node:test';
 import { createSilentLogger } from '../common/logger';
 import { UnavailableError, errorCodeOf } from '../common/errdefs';
-import { resolveConfig, type DaemonConfig } from './config';
 import { ContainerService } from './containers';
-import { createDaemon, type Daemon } from './daemon';
+import type { Daemon } from './daemon';
 import { EventsBus } from './events';
 import type { RestartClock } from './restart';
 import { ContainerStore } from './store';
-import { FakeImageService, FakeSandboxRuntime } from './testing/fakes';
-import type { ContainerConfig, DaemonEvent, HostConfig, RestartPolicy } from './types';
+import type { FakeImageService, FakeSandboxRuntime } from './testing/fakes';
+import { containerConfig, hostConfig, recordEvents, until, useDaemonFixture } from './testing/fixture';
+import type { RestartPolicy } from './types';
 
-const dirs: string[] = [];
-let config: DaemonConfig;
+const fixture = useDaemonFixture('capsule-lifecycle-');
+const { create, newDaemon } = fixture;
 let images: FakeImageService;
 let runtime: FakeSandboxRuntime;
 let daemon: Daemon;
-let extraDaemons: Daemon[] = [];
-
-async function newDaemon(): Promise<Daemon> {
-  const d = await createDaemon({ config, log: createSilentLogger(), images, runtime });
-  extraDaemons.push(d);
-  return d;
-}
-
-beforeEach(async () => {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'capsule-lifecycle-'));
-  dirs.push(dir);
-  config = resolveConfig({
-    socket: path.join(dir, 's'),
-    dataRoot: path.join(dir, 'data'),
-    execRoot: path.join(dir, 'exec'),
-  });
-  images = new FakeImageService({
-    images: [{ ref: 'busybox:latest', config: { Env: ['PATH=/bin'], Cmd: ['sh'] } }],
-  });
-  runtime = new FakeSandboxRuntime();
-  extraDaemons = [];
-  daemon = await newDaemon();
-});
-afterEach(async () => {
-  for (const d of extraDaemons) await d.shutdown();
-});
-after(async () => {
-  for (const dir of dirs) await fs.rm(dir, { recursive: true, force: true });
-});
-
-function containerConfig(over: Partial<ContainerConfig>): ContainerConfig {
-  return {
-    hostname: '',
-    domainname: '',
-    user: '',
-    attachStdin: false,
-    attachStdout: true,
-    attachStderr: true,
-    exposedPorts: null,
-    tty: false,
-    openStdin: false,
-    stdinOnce: false,
-    env: null,
-    cmd: null,
-    healthcheck: null,
-    argsEscaped: false,
-    image: 'busybox',
-    volumes: null,
-    workingDir: '',
-    entrypoint: null,
-    networkDisabled: false,
-    macAddress: '',
-    onBuild: null,
-    labels: null,
-    stopSignal: '',
-    stopTimeout: null,
-    shell: null,
-    ...over,
-  };
-}
-
-function hostConfig(over: Partial<HostConfig> = {}): HostConfig {
-  return {
-    autoRemove: false,
-    restartPolicy: { name: 'no', maximumRetryCount: 0 },
-    networkMode: 'default',
-    portBindings: {},
-    binds: null,
-    consoleSize: [0, 0],
-    memory: 0,
-    nanoCpus: 0,
-    logConfig: { type: 'json-file', config: {} },
-    runtime: '',
-    passthrough: {},
-    ...over,
-  };
-}
+// A fresh daemon for every test (the fixture's hook runs first): name the current one's parts.
+beforeEach(() => ({ images, runtime, daemon } = fixture));
 
 const policy = (name: string, maximumRetryCount = 0): RestartPolicy => ({ name, maximumRetryCount });
-
-async function create(
-  d: { containerCreate: Daemon['containerCreate'] },
-  cmd: string[],
-  options: { host?: Partial<HostConfig>; config?: Partial<ContainerConfig>; name?: string } = {},
-): Promise<string> {
-  const { id } = await d.containerCreate({
-    name: options.name ?? '',
-    config: containerConfig({ cmd, ...options.config }),
-    hostConfig: hostConfig(options.host),
-  });
-  return id;
-}
-
-function recordEvents(d: Daemon): DaemonEvent[] {
-  const events: DaemonEvent[] = [];
-  d.subscribeEvents({ filters: {} }, (e) => events.push(e));
-  return events;
-}
-
-/** Polls with a deadline (never a bare sleep). */
-async function until<T>(what: string, fn: () => T | undefined | false, ms = 3000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 const statusOf = (d: Daemon, ref: string): string => d.containerInspect(ref).status;
 
 describe('restart policies', () => {
   it('on-failure:2 restarts twice (RestartCount 2), then stays exited; die at every exit, no restart event', async () => {
     const events = recordEvents(daemon);
-    const id = await create(daemon, ['sh', '-c', 'echo run; exit 1'], {
+    const id = await create(['sh', '-c', 'echo run; exit 1'], {
       host: { restartPolicy: policy('on-failure', 2) },
     });
     await daemon.containerStart(id);
@@ -164,8 +57,8 @@ describe('restart policies', () => {
   });
 
   it('on-failure does not restart after exit 0; no does not restart at all', async () => {
-    const ok = await create(daemon, ['true'], { host: { restartPolicy: policy('on-failure') } });
-    const no = await create(daemon, ['false'], { host: { restartPolicy: policy('no') } });
+    const ok = await create(['true'], { host: { restartPolicy: policy('on-failure') } });
+    const no = await create(['false'], { host: { restartPolicy: policy('no') } });
     for (const id of [ok, no]) {
       const waited = daemon.containerWait(id, 'next-exit');
       await daemon.containerStart(id);
@@ -178,7 +71,7 @@ describe('restart policies', () => {
   });
 
   it('while waiting for its restart the container is "restarting": Running and Restarting true, Pid 0', async () => {
-    const id = await create(daemon, ['sh', '-c', 'exit 3'], { host: { restartPolicy: policy('always') } });
+    const id = await create(['sh', '-c', 'exit 3'], { host: { restartPolicy: policy('always') } });
     const waited = daemon.containerWait(id, 'next-exit');
     await daemon.containerStart(id);
     assert.deepEqual(await waited.result, { statusCode: 3, error: null });
@@ -199,7 +92,7 @@ describe('restart policies', () => {
   });
 
   it('docker stop of a restarting container cancels the restart: exited with its code, only a stop event', async () => {
-    const id = await create(daemon, ['sh', '-c', 'exit 3'], { host: { restartPolicy: policy('always') } });
+    const id = await create(['sh', '-c', 'exit 3'], { host: { restartPolicy: policy('always') } });
     const waited = daemon.containerWait(id, 'next-exit');
     await daemon.containerStart(id);
     await waited.result;
@@ -221,7 +114,7 @@ describe('restart policies', () => {
   });
 
   it('a manual stop of a running always container is not restarted; a manual start resets RestartCount', async () => {
-    const id = await create(daemon, ['sh', '-c', 'sleep 100'], { host: { restartPolicy: policy('always') } });
+    const id = await create(['sh', '-c', 'sleep 100'], { host: { restartPolicy: policy('always') } });
     await daemon.containerStart(id);
     await daemon.containerStop(id, {});
     await new Promise((r) => setTimeout(r, 200));
@@ -239,7 +132,7 @@ describe('restart policies', () => {
   });
 
   it('kill with a signal other than the configured StopSignal does not cancel always', async () => {
-    const id = await create(daemon, ['sh', '-c', 'sleep 100'], {
+    const id = await create(['sh', '-c', 'sleep 100'], {
       host: { restartPolicy: policy('always') },
       config: { stopSignal: 'SIGINT' },
     });
@@ -251,7 +144,7 @@ describe('restart policies', () => {
   });
 
   it('unless-stopped after docker kill: not restarted, and it stays down across a daemon restart', async () => {
-    const id = await create(daemon, ['sleep', '100'], { host: { restartPolicy: policy('unless-stopped') } });
+    const id = await create(['sleep', '100'], { host: { restartPolicy: policy('unless-stopped') } });
     await daemon.containerStart(id);
     await daemon.containerKill(id, undefined);
     await daemon.containerWait(id, 'not-running').result;
@@ -263,7 +156,7 @@ describe('restart policies', () => {
   });
 
   it('docker restart keeps an AutoRemove container and resets RestartCount; events kill, die, stop, start, restart', async () => {
-    const id = await create(daemon, ['sleep', '100'], { host: { autoRemove: true } });
+    const id = await create(['sleep', '100'], { host: { autoRemove: true } });
     await daemon.containerStart(id);
     const events = recordEvents(daemon);
     await daemon.containerRestart(id, { timeout: 1 });
@@ -286,7 +179,7 @@ describe('restart policies', () => {
   });
 
   it('rm -f of a restarting container removes it and drops the restart', async () => {
-    const id = await create(daemon, ['sh', '-c', 'exit 2'], { host: { restartPolicy: policy('always') } });
+    const id = await create(['sh', '-c', 'exit 2'], { host: { restartPolicy: policy('always') } });
     const waited = daemon.containerWait(id, 'removed');
     await daemon.containerStart(id);
     await until('restarting', () => statusOf(daemon, id) === 'restarting');
@@ -297,7 +190,7 @@ describe('restart policies', () => {
   });
 
   it('a restart that cannot start leaves the container exited with the exit code and the start error', async () => {
-    const id = await create(daemon, ['sh', '-c', 'exit 5'], { host: { restartPolicy: policy('always') } });
+    const id = await create(['sh', '-c', 'exit 5'], { host: { restartPolicy: policy('always') } });
     const waited = daemon.containerWait(id, 'next-exit');
     await daemon.containerStart(id);
     await waited.result;
@@ -316,7 +209,7 @@ describe('restart policies', () => {
   });
 
   it('docker update --restart applies from the next exit', async () => {
-    const id = await create(daemon, ['sh', '-c', 'sleep 0.05; exit 1']);
+    const id = await create(['sh', '-c', 'sleep 0.05; exit 1']);
     await daemon.containerStart(id);
     const result = await daemon.containerUpdate(id, {
       resources: {},
@@ -365,8 +258,7 @@ describe('restart backoff (manual clock)', () => {
   }
 
   it('waits 100, 200, 400 ms … between restarts and back to 100 ms after a run of 10 s', async () => {
-    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'capsule-backoff-'));
-    dirs.push(dir);
+    const dir = await fixture.tempDir('capsule-backoff-');
     const clock = new ManualClock();
     const log = createSilentLogger();
     const service = new ContainerService({
@@ -421,32 +313,32 @@ describe('restart backoff (manual clock)', () => {
 
 describe('restart policies across a daemon restart', () => {
   it('starts always (even stopped by hand), unless-stopped not stopped by hand, failed on-failure; RestartCount 0', async () => {
-    const always = await create(daemon, ['sleep', '100'], {
+    const always = await create(['sleep', '100'], {
       host: { restartPolicy: policy('always') },
       name: 'always',
     });
-    const alwaysStopped = await create(daemon, ['sleep', '100'], {
+    const alwaysStopped = await create(['sleep', '100'], {
       host: { restartPolicy: policy('always') },
       name: 'always-stopped',
     });
-    const unless = await create(daemon, ['sleep', '100'], {
+    const unless = await create(['sleep', '100'], {
       host: { restartPolicy: policy('unless-stopped') },
       name: 'unless',
     });
-    const unlessStopped = await create(daemon, ['sleep', '100'], {
+    const unlessStopped = await create(['sleep', '100'], {
       host: { restartPolicy: policy('unless-stopped') },
       name: 'unless-stopped',
     });
-    const onFailure = await create(daemon, ['sleep', '100'], {
+    const onFailure = await create(['sleep', '100'], {
       host: { restartPolicy: policy('on-failure') },
       name: 'on-failure',
     });
-    const onFailureOk = await create(daemon, ['true'], {
+    const onFailureOk = await create(['true'], {
       host: { restartPolicy: policy('on-failure') },
       name: 'ok',
     });
-    const no = await create(daemon, ['sleep', '100'], { name: 'no' });
-    const neverStarted = await create(daemon, ['sleep', '100'], {
+    const no = await create(['sleep', '100'], { name: 'no' });
+    const neverStarted = await create(['sleep', '100'], {
       host: { restartPolicy: policy('always') },
       name: 'created',
     });
@@ -474,7 +366,7 @@ describe('restart policies across a daemon restart', () => {
   });
 
   it('after a crash (no shutdown) containers persisted running come back by their policy', async () => {
-    const id = await create(daemon, ['sleep', '100'], { host: { restartPolicy: policy('on-failure', 3) } });
+    const id = await create(['sleep', '100'], { host: { restartPolicy: policy('on-failure', 3) } });
     await daemon.containerStart(id);
     const second = await newDaemon(); // the first never shut down: its VM "died" with it
     await until('restored', () => statusOf(second, id) === 'running');
@@ -483,19 +375,19 @@ describe('restart policies across a daemon restart', () => {
 
 describe('rename', () => {
   it('renames, frees the old name and publishes rename with oldName', async () => {
-    const id = await create(daemon, ['true'], { name: 'old', config: { labels: { a: 'b' } } });
+    const id = await create(['true'], { name: 'old', config: { labels: { a: 'b' } } });
     const events = recordEvents(daemon);
     await daemon.containerRename('old', 'new');
     assert.equal(daemon.containerInspect(id).name, '/new');
     assert.equal(daemon.containerInspect('new').id, id);
     assert.throws(() => daemon.containerInspect('old'), /No such container: old/);
-    await create(daemon, ['true'], { name: 'old' });
+    await create(['true'], { name: 'old' });
     assert.deepEqual(events[0]?.actor.attributes, { a: 'b', image: 'busybox', name: 'new', oldName: '/old' });
   });
 
   it('refuses with dockerd texts and statuses', async () => {
-    await create(daemon, ['true'], { name: 'one' });
-    const two = await create(daemon, ['true'], { name: 'two' });
+    await create(['true'], { name: 'one' });
+    const two = await create(['true'], { name: 'two' });
     const failure = async (ref: string, name: string): Promise<string> => {
       try {
         await daemon.containerRename(ref, name);
@@ -522,7 +414,7 @@ describe('rename', () => {
   });
 
   it('the new name survives a daemon restart', async () => {
-    const id = await create(daemon, ['true'], { name: 'before' });
+    const id = await create(['true'], { name: 'before' });
     await daemon.containerRename(id, 'after');
     const second = await newDaemon();
     assert.equal(second.containerInspect('after').id, id);
@@ -532,7 +424,7 @@ describe('rename', () => {
 
 describe('update', () => {
   it('stores resources as dockerd does and publishes update', async () => {
-    const id = await create(daemon, ['true'], { host: { memory: 64 << 20 } });
+    const id = await create(['true'], { host: { memory: 64 << 20 } });
     assert.equal(
       daemon.containerInspect(id).hostConfig.passthrough.MemorySwap,
       128 << 20,
@@ -568,8 +460,8 @@ describe('update', () => {
   });
 
   it('refuses what dockerd refuses', async () => {
-    const id = await create(daemon, ['true'], { host: { nanoCpus: 1e9 } });
-    const rm = await create(daemon, ['true'], { host: { autoRemove: true } });
+    const id = await create(['true'], { host: { nanoCpus: 1e9 } });
+    const rm = await create(['true'], { host: { autoRemove: true } });
     const failure = async (
       ref: string,
       request: Parameters<Daemon['containerUpdate']>[1],
@@ -612,10 +504,10 @@ describe('update', () => {
 
 describe('container prune', () => {
   it('removes stopped containers matching label/label!/until, reports them, publishes prune', async () => {
-    const running = await create(daemon, ['sleep', '100']);
+    const running = await create(['sleep', '100']);
     await daemon.containerStart(running);
-    const keep = await create(daemon, ['true'], { config: { labels: { keep: 'yes' } } });
-    const plain = await create(daemon, ['true']);
+    const keep = await create(['true'], { config: { labels: { keep: 'yes' } } });
+    const plain = await create(['true']);
     const events = recordEvents(daemon);
     assert.deepEqual(await daemon.containerPrune({ label: ['keep=no'] }), {
       containersDeleted: null,
@@ -656,7 +548,7 @@ describe('container prune', () => {
 describe('events of the lifecycle', () => {
   it('attributes: the action’s own, labels, image and name (image and name win over labels)', async () => {
     const events = recordEvents(daemon);
-    const id = await create(daemon, ['sh', '-c', 'exit 7'], {
+    const id = await create(['sh', '-c', 'exit 7'], {
       config: { labels: { name: 'label-name', x: 'y' } },
       name: 'evt',
     });
@@ -667,7 +559,7 @@ describe('events of the lifecycle', () => {
   });
 
   it('resize publishes height and width; resizing a stopped container is 409', async () => {
-    const id = await create(daemon, ['sleep', '100']);
+    const id = await create(['sleep', '100']);
     await assert.rejects(daemon.containerResize(id, 10, 20), (err) => errorCodeOf(err) === 'Conflict');
     await daemon.containerStart(id);
     const events = recordEvents(daemon);

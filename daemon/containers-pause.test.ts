@@ -3,90 +3,19 @@
  * checks, texts and events, and what stop, kill and rm do with a paused container.
  */
 import assert from 'node:assert/strict';
-import { promises as fs } from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { after, afterEach, beforeEach, describe, it } from 'node:test';
-import { createSilentLogger } from '../common/logger';
+import { beforeEach, describe, it } from 'node:test';
 import { errorCodeOf } from '../common/errdefs';
-import { resolveConfig } from './config';
-import { createDaemon, type Daemon } from './daemon';
-import { FakeImageService, FakeSandboxRuntime } from './testing/fakes';
-import type { ContainerConfig, DaemonEvent, HostConfig } from './types';
+import type { Daemon } from './daemon';
+import type { FakeSandboxRuntime } from './testing/fakes';
+import { useDaemonFixture } from './testing/fixture';
+import type { DaemonEvent } from './types';
 
-const dirs: string[] = [];
+const fixture = useDaemonFixture('capsule-pause-');
+const { create } = fixture;
 let runtime: FakeSandboxRuntime;
 let daemon: Daemon;
-
-beforeEach(async () => {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'capsule-pause-'));
-  dirs.push(dir);
-  const config = resolveConfig({
-    socket: path.join(dir, 's'),
-    dataRoot: path.join(dir, 'data'),
-    execRoot: path.join(dir, 'exec'),
-  });
-  const images = new FakeImageService({
-    images: [{ ref: 'busybox:latest', config: { Env: ['PATH=/bin'], Cmd: ['sh'] } }],
-  });
-  runtime = new FakeSandboxRuntime();
-  daemon = await createDaemon({ config, log: createSilentLogger(), images, runtime });
-});
-afterEach(async () => {
-  await daemon.shutdown();
-});
-after(async () => {
-  for (const dir of dirs) await fs.rm(dir, { recursive: true, force: true });
-});
-
-async function create(
-  cmd: string[],
-  over: { config?: Partial<ContainerConfig>; host?: Partial<HostConfig> } = {},
-): Promise<string> {
-  const config = {
-    hostname: '',
-    domainname: '',
-    user: '',
-    attachStdin: false,
-    attachStdout: true,
-    attachStderr: true,
-    exposedPorts: null,
-    tty: false,
-    openStdin: false,
-    stdinOnce: false,
-    env: null,
-    cmd,
-    healthcheck: null,
-    argsEscaped: false,
-    image: 'busybox',
-    volumes: null,
-    workingDir: '',
-    entrypoint: null,
-    networkDisabled: false,
-    macAddress: '',
-    onBuild: null,
-    labels: null,
-    stopSignal: '',
-    stopTimeout: null,
-    shell: null,
-    ...over.config,
-  } as ContainerConfig;
-  const hostConfig: HostConfig = {
-    autoRemove: false,
-    restartPolicy: { name: 'no', maximumRetryCount: 0 },
-    networkMode: 'default',
-    portBindings: {},
-    binds: null,
-    consoleSize: [0, 0],
-    memory: 0,
-    nanoCpus: 0,
-    logConfig: { type: 'json-file', config: {} },
-    runtime: '',
-    passthrough: {},
-    ...over.host,
-  };
-  return (await daemon.containerCreate({ name: '', config, hostConfig })).id;
-}
+// A fresh daemon for every test (the fixture's hook runs first): name the current one's parts.
+beforeEach(() => ({ runtime, daemon } = fixture));
 
 function actions(id: string): string[] {
   const seen: string[] = [];

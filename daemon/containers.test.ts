@@ -1,113 +1,22 @@
 import assert from 'node:assert/strict';
-import { existsSync, promises as fs } from 'node:fs';
-import * as os from 'node:os';
+import { existsSync } from 'node:fs';
 import * as path from 'node:path';
-import { after, afterEach, beforeEach, describe, it } from 'node:test';
-import { createSilentLogger } from '../common/logger';
+import { beforeEach, describe, it } from 'node:test';
 import { NotFoundError } from '../common/errdefs';
-import { resolveConfig, type DaemonConfig } from './config';
-import { createDaemon, type Daemon } from './daemon';
-import { FakeImageService, FakeSandboxRuntime } from './testing/fakes';
-import type { AttachSink, ContainerConfig, DaemonEvent, HostConfig, OutputChunk } from './types';
+import type { DaemonConfig } from './config';
+import type { Daemon } from './daemon';
+import type { FakeImageService, FakeSandboxRuntime } from './testing/fakes';
+import { recordEvents, useDaemonFixture } from './testing/fixture';
+import type { AttachSink, OutputChunk } from './types';
 
-const dirs: string[] = [];
+const fixture = useDaemonFixture('capsule-daemon-');
+const { create } = fixture;
 let config: DaemonConfig;
 let images: FakeImageService;
 let runtime: FakeSandboxRuntime;
 let daemon: Daemon;
-
-async function newDaemon(): Promise<Daemon> {
-  return createDaemon({ config, log: createSilentLogger(), images, runtime });
-}
-
-beforeEach(async () => {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'capsule-daemon-'));
-  dirs.push(dir);
-  config = resolveConfig({
-    socket: path.join(dir, 's'),
-    dataRoot: path.join(dir, 'data'),
-    execRoot: path.join(dir, 'exec'),
-  });
-  images = new FakeImageService({
-    images: [{ ref: 'busybox:latest', config: { Env: ['PATH=/bin'], Cmd: ['sh'] } }],
-  });
-  runtime = new FakeSandboxRuntime();
-  daemon = await newDaemon();
-});
-afterEach(async () => {
-  await daemon.shutdown();
-});
-after(async () => {
-  for (const dir of dirs) await fs.rm(dir, { recursive: true, force: true });
-});
-
-function containerConfig(over: Partial<ContainerConfig>): ContainerConfig {
-  return {
-    hostname: '',
-    domainname: '',
-    user: '',
-    attachStdin: false,
-    attachStdout: true,
-    attachStderr: true,
-    exposedPorts: null,
-    tty: false,
-    openStdin: false,
-    stdinOnce: false,
-    env: null,
-    cmd: null,
-    healthcheck: null,
-    argsEscaped: false,
-    image: 'busybox',
-    volumes: null,
-    workingDir: '',
-    entrypoint: null,
-    networkDisabled: false,
-    macAddress: '',
-    onBuild: null,
-    labels: null,
-    stopSignal: '',
-    stopTimeout: null,
-    shell: null,
-    ...over,
-  };
-}
-
-function hostConfig(over: Partial<HostConfig> = {}): HostConfig {
-  return {
-    autoRemove: false,
-    restartPolicy: { name: 'no', maximumRetryCount: 0 },
-    networkMode: 'default',
-    portBindings: {},
-    binds: null,
-    consoleSize: [0, 0],
-    memory: 0,
-    nanoCpus: 0,
-    logConfig: { type: 'json-file', config: {} },
-    runtime: '',
-    passthrough: {},
-    ...over,
-  };
-}
-
-async function create(
-  cmd: string[],
-  over: Partial<ContainerConfig> = {},
-  host: Partial<HostConfig> = {},
-  name = '',
-): Promise<string> {
-  const { id } = await daemon.containerCreate({
-    name,
-    config: containerConfig({ cmd, ...over }),
-    hostConfig: hostConfig(host),
-  });
-  return id;
-}
-
-function recordEvents(): DaemonEvent[] {
-  const events: DaemonEvent[] = [];
-  daemon.subscribeEvents({ filters: {} }, (e) => events.push(e));
-  return events;
-}
+// A fresh daemon for every test (the fixture's hook runs first): name the current one's parts.
+beforeEach(() => ({ config, images, runtime, daemon } = fixture));
 
 describe('container lifecycle', () => {
   it('records the exit before closing attach streams and waking waiters', async () => {
@@ -159,8 +68,8 @@ describe('container lifecycle', () => {
   });
 
   it('AutoRemove removes after exit, then wakes `removed`; events in dockerd order', async () => {
-    const events = recordEvents();
-    const id = await create(['sh', '-c', 'exit 3'], {}, { autoRemove: true });
+    const events = recordEvents(daemon);
+    const id = await create(['sh', '-c', 'exit 3'], { host: { autoRemove: true } });
     const removed = daemon.containerWait(id, 'removed');
     await daemon.containerStart(id);
     const result = await removed.result;
@@ -203,7 +112,7 @@ describe('container lifecycle', () => {
   });
 
   it('StopSignal from the config and ?signal= are honoured', async () => {
-    const id = await create(['sleep', '100'], { stopSignal: 'SIGINT' });
+    const id = await create(['sleep', '100'], { config: { stopSignal: 'SIGINT' } });
     await daemon.containerStart(id);
     await daemon.containerStop(id, {});
     assert.equal(daemon.containerInspect(id).state.exitCode, 130);
@@ -213,7 +122,7 @@ describe('container lifecycle', () => {
   });
 
   it('kill takes names and numbers; rm -f destroys a running sandbox and everything on disk', async () => {
-    const id = await create(['sleep', '100'], {}, {}, 'victim');
+    const id = await create(['sleep', '100'], { name: 'victim' });
     await daemon.containerStart(id);
     await daemon.containerKill('victim', 'SIGHUP');
     await daemon.containerWait(id, 'not-running').result;
@@ -223,16 +132,18 @@ describe('container lifecycle', () => {
     assert.throws(() => daemon.containerInspect('victim'), NotFoundError);
     assert.equal(existsSync(path.join(config.dataRoot, 'containers', id)), false);
     // The name is free again.
-    await create(['true'], {}, {}, 'victim');
+    await create(['true'], { name: 'victim' });
   });
 
   it('passes the merged process spec to the runtime', async () => {
     const id = await create(['env'], {
-      env: ['A=1'],
-      workingDir: '/w',
-      user: 'nobody',
-      tty: true,
-      hostname: '',
+      config: {
+        env: ['A=1'],
+        workingDir: '/w',
+        user: 'nobody',
+        tty: true,
+        hostname: '',
+      },
     });
     await daemon.containerStart(id);
     const spec = runtime.latest(id)?.spec;
@@ -246,12 +157,12 @@ describe('container lifecycle', () => {
   });
 
   it('on daemon start, containers persisted as running are marked exited', async () => {
-    const keep = await create(['sleep', '100'], {}, {}, 'survivor');
-    const gone = await create(['sleep', '100'], {}, { autoRemove: true });
+    const keep = await create(['sleep', '100'], { name: 'survivor' });
+    const gone = await create(['sleep', '100'], { host: { autoRemove: true } });
     await daemon.containerStart(keep);
     await daemon.containerStart(gone);
     // A second daemon on the same data root, as after a crash (the first never shut down).
-    const restarted = await newDaemon();
+    const restarted = await fixture.newDaemon();
     const c = restarted.containerInspect('survivor');
     assert.equal(c.status, 'exited');
     assert.equal(c.state.pid, 0);
@@ -263,9 +174,9 @@ describe('container lifecycle', () => {
 
 describe('listing', () => {
   it('filters as dockerd: status, exited, label, name, ancestor, limit; bad filters are 400', async () => {
-    const a = await create(['sh', '-c', 'exit 2'], { labels: { team: 'a' } }, {}, 'alpha');
-    const b = await create(['sleep', '100'], { labels: { team: 'b' } }, {}, 'beta');
-    await create(['true'], {}, {}, 'gamma');
+    const a = await create(['sh', '-c', 'exit 2'], { config: { labels: { team: 'a' } }, name: 'alpha' });
+    const b = await create(['sleep', '100'], { config: { labels: { team: 'b' } }, name: 'beta' });
+    await create(['true'], { name: 'gamma' });
     await daemon.containerStart(a);
     await daemon.containerWait(a, 'not-running').result;
     await new Promise((r) => setTimeout(r, 5));

@@ -1,38 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { DEFAULT_PATH, commandOf, mergeImageConfig, processEnv } from './merge';
+import { containerConfig } from './testing/fixture';
 import type { ContainerConfig } from './types';
 
-function config(over: Partial<ContainerConfig> = {}): ContainerConfig {
-  return {
-    hostname: '',
-    domainname: '',
-    user: '',
-    attachStdin: false,
-    attachStdout: false,
-    attachStderr: false,
-    exposedPorts: null,
-    tty: false,
-    openStdin: false,
-    stdinOnce: false,
-    env: null,
-    cmd: null,
-    healthcheck: null,
-    argsEscaped: false,
-    image: 'img',
-    volumes: null,
-    workingDir: '',
-    entrypoint: null,
-    networkDisabled: false,
-    macAddress: '',
-    onBuild: null,
-    labels: null,
-    stopSignal: '',
-    stopTimeout: null,
-    shell: null,
-    ...over,
-  };
-}
+// The values these tests were written against (image 'img', nothing attached), over the fixture's defaults.
+const config = (over: Partial<ContainerConfig> = {}): ContainerConfig =>
+  containerConfig({ attachStdout: false, attachStderr: false, image: 'img', ...over });
 
 const image = {
   Entrypoint: ['/entry'],
