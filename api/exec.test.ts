@@ -343,8 +343,57 @@ describe('top and stats through the API', () => {
     assert.deepEqual(top.Processes[0]?.slice(0, 3), ['root', '1', '0']);
     assert.equal(top.Processes[0]?.[7], 'sleep 1000');
     const stopped = await docker.createContainer({ Image: 'busybox', Cmd: ['true'] });
+    // A bad ps_args is refused before the container's state matters (dockerd's order).
+    const renamed = await request(
+      h.socketPath,
+      'GET',
+      `/v1.41/containers/${stopped.id}/top?ps_args=-o+user%3DPID`,
+    );
+    assert.equal(renamed.status, 500);
+    assert.deepEqual(renamed.json(), { message: 'specifying "user=PID" is not allowed' });
     const notRunning = await request(h.socketPath, 'GET', `/v1.41/containers/${stopped.id}/top`);
     assert.equal(notRunning.status, 409);
+  });
+
+  it('GET /containers/{id}/top honours ps_args (aux, -o), errors as dockerd words them', async () => {
+    const get = (psArgs: string) =>
+      request(
+        h.socketPath,
+        'GET',
+        `/v1.41/containers/${id}/top?ps_args=${encodeURIComponent(psArgs).replace(/%20/g, '+')}`,
+      );
+    const aux = await get('aux');
+    assert.equal(aux.status, 200);
+    const auxTop = aux.json<{ Titles: string[]; Processes: string[][] }>();
+    assert.deepEqual(auxTop.Titles, [
+      'USER',
+      'PID',
+      '%CPU',
+      '%MEM',
+      'VSZ',
+      'RSS',
+      'TTY',
+      'STAT',
+      'START',
+      'TIME',
+      'COMMAND',
+    ]);
+    assert.deepEqual(auxTop.Processes[0]?.slice(0, 2), ['root', '1']);
+    assert.equal(auxTop.Processes[0]?.[10], 'sleep 1000');
+    const custom = await get('-o pid,comm');
+    assert.equal(custom.status, 200);
+    const customTop = custom.json<{ Titles: string[]; Processes: string[][] }>();
+    assert.deepEqual(customTop.Titles, ['PID', 'COMMAND']);
+    assert.deepEqual(customTop.Processes[0], ['1', 'sleep']);
+    for (const [psArgs, message] of [
+      ['--nosuch', 'ps: error: unknown gnu long option'],
+      ['-o user,comm', "Couldn't find PID field in ps output"],
+      ['-o pid,nosuchfield', 'ps: error: unknown user-defined format specifier "nosuchfield"'],
+    ] as const) {
+      const r = await get(psArgs);
+      assert.equal(r.status, 500, psArgs);
+      assert.deepEqual(r.json(), { message }, psArgs);
+    }
   });
 
   it('stats stream=false: two samples so precpu is filled, dockerd v2 shape', async () => {

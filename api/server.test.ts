@@ -546,7 +546,8 @@ describe('images, events, upgrade bodies', () => {
     assert.equal(demuxAll(conn.split().body).stdout, 'after-body\n');
   });
 
-  it('detach keys end the attach without stopping the container', async () => {
+  it('detach keys end the attach without stopping the container; a `detach` event as dockerd logs it', async () => {
+    const since = Math.floor(Date.now() / 1000);
     const id = await create({ Cmd: ['sleep', '100'], OpenStdin: true, Tty: true });
     await request(h.socketPath, 'POST', `/containers/${id}/start`);
     const conn = new RawConnection(h.socketPath);
@@ -560,6 +561,20 @@ describe('images, events, upgrade bodies', () => {
       State: { Running: boolean };
     }>();
     assert.equal(state.State.Running, true);
+    const until = Math.ceil(Date.now() / 1000) + 1;
+    const events = await request(
+      h.socketPath,
+      'GET',
+      `/events?since=${since}&until=${until}&filters=${encodeURIComponent(JSON.stringify({ container: [id] }))}`,
+    );
+    const actions = events.text
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => (JSON.parse(l) as { Action: string }).Action);
+    assert.deepEqual(
+      actions.filter((a) => a === 'attach' || a === 'detach'),
+      ['attach', 'detach'],
+    );
     await request(h.socketPath, 'DELETE', `/containers/${id}?force=1`);
   });
 

@@ -9,6 +9,7 @@
 import { messageOf } from '../common/errdefs';
 import type { Logger } from '../common/logger';
 import type { CommitRequest, ImageCommitter } from '../images/commit';
+import { familiarString, parseNormalizedNamed, tagNameOnly } from '../images/reference';
 import type { ImageRuntimeConfig } from '../images/types';
 import type { FilesystemProvider } from './archive';
 import type { ContainerConfig } from './types';
@@ -68,10 +69,17 @@ export function dockerConfigOf(c: ContainerConfig): ImageRuntimeConfig {
   };
 }
 
+/** The events a commit publishes (dockerd: pause, image tag, container commit, unpause). */
+export interface CommitEvents {
+  publishContainerEvent(containerId: string, action: string, extra: Record<string, string>): void;
+  publishImageEvent(action: string, imageId: string, attributes: Record<string, string>): void;
+}
+
 export class ContainerCommitter {
   constructor(
     private readonly containers: FilesystemProvider,
     private readonly images: ImageCommitter,
+    private readonly events: CommitEvents,
     private readonly dockerVersion: string,
     private readonly log: Logger,
   ) {}
@@ -95,16 +103,43 @@ export class ContainerCommitter {
       };
       const sandbox = cfs.sandbox;
       const pause = options.pause && sandbox !== undefined && !record.state.paused;
-      if (pause) await sandbox.pause();
+      if (pause) {
+        await sandbox.pause();
+        this.events.publishContainerEvent(record.id, 'pause', {});
+      }
       try {
-        return (await this.images.commit(request)).id;
+        const image = await this.images.commit(request);
+        // dockerd's order and attributes: the new name's `tag` event (with the image's labels),
+        // then the container's `commit` naming the image.
+        const imageRef = options.repository
+          ? familiarString(
+              tagNameOnly(
+                parseNormalizedNamed(
+                  options.tag ? `${options.repository}:${options.tag}` : options.repository,
+                ),
+              ),
+            )
+          : '';
+        if (imageRef)
+          this.events.publishImageEvent('tag', image.id, {
+            ...(image.config.config?.Labels ?? {}),
+            name: imageRef,
+          });
+        this.events.publishContainerEvent(record.id, 'commit', {
+          comment: options.comment ?? '',
+          imageID: image.id,
+          imageRef,
+        });
+        return image.id;
       } finally {
         if (pause) {
-          await sandbox.resume().catch((err: unknown) =>
-            this.log.error('cannot resume a container after commit', {
-              id: record.id,
-              error: messageOf(err),
-            }),
+          await sandbox.resume().then(
+            () => this.events.publishContainerEvent(record.id, 'unpause', {}),
+            (err: unknown) =>
+              this.log.error('cannot resume a container after commit', {
+                id: record.id,
+                error: messageOf(err),
+              }),
           );
         }
       }

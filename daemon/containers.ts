@@ -1286,9 +1286,12 @@ export class ContainerService {
       endStdin: () => {
         if (wantsStdin && !detached) hub.endStdin();
       },
-      detach: () => {
+      detach: (byKeys?: boolean) => {
+        if (detached) return;
         detached = true;
         if (attacher) hub.remove(attacher);
+        const current = byKeys ? this.store.get(id) : undefined;
+        if (current) this.publish(current, 'detach');
       },
     };
   }

@@ -122,6 +122,10 @@ export class Daemon {
     this.committer = new ContainerCommitter(
       containers,
       images,
+      {
+        publishContainerEvent: (id, action, extra) => containers.publishContainerEvent(id, action, extra),
+        publishImageEvent: (action, id, attributes) => events.publish('image', action, { id, attributes }),
+      },
       CAPSULE_VERSION,
       log.child({ component: 'commit' }),
     );
@@ -203,8 +207,8 @@ export class Daemon {
     return this.execs.resize(id, height, width);
   }
 
-  containerTop(ref: string): Promise<TopResult> {
-    return this.monitor.top(ref);
+  containerTop(ref: string, psArgs?: string): Promise<TopResult> {
+    return this.monitor.top(ref, psArgs);
   }
 
   containerStats(

@@ -1,45 +1,332 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { formatTop, psCpuTime, psStartTime, TOP_TITLES } from './top-stats';
+import { ConflictError, SystemError } from '../common/errdefs';
+import type { GuestProcess, RunningSandbox } from '../runtime/types';
+import { ContainerMonitor, formatTop, parsePsArgs, psCpuTime, psStartTime, TOP_TITLES } from './top-stats';
 
-describe('docker top formatting (ps -ef)', () => {
+const NOW = new Date(2026, 10, 30, 2, 51, 40).getTime();
+
+/** A guest's `sleep 2000`, as the reference dockerd's busybox container had it. */
+function proc(over: Partial<GuestProcess> = {}): GuestProcess {
+  return {
+    pid: 22311,
+    ppid: 22289,
+    uid: 0,
+    user: 'root',
+    startTimeSec: Math.floor(NOW / 1000) - 9,
+    cpuTimeMs: 150,
+    elapsedMs: 9_500,
+    tty: '?',
+    cmd: 'sleep 2000',
+    comm: 'sleep',
+    state: 'S',
+    nice: 0,
+    pgid: 22311,
+    sid: 22311,
+    tpgid: -1,
+    nlwp: 1,
+    vszKb: 2268,
+    rssKb: 1440,
+    lockedKb: 0,
+    memTotalKb: 256 * 1024,
+    ...over,
+  };
+}
+
+const top = (psArgs: string, p: GuestProcess[] = [proc()]) => formatTop(p, psArgs, NOW);
+
+function psFails(psArgs: string, message: string | RegExp) {
+  assert.throws(
+    () => top(psArgs),
+    (err: unknown) => {
+      assert.ok(err instanceof SystemError, `${String(err)} is a SystemError (500)`);
+      if (typeof message === 'string') assert.equal(err.message, message);
+      else assert.match(err.message, message);
+      return true;
+    },
+    `ps_args ${JSON.stringify(psArgs)}`,
+  );
+}
+
+describe('docker top time formats (procps)', () => {
   it('TIME is [DD-]HH:MM:SS of cumulative CPU time', () => {
     assert.equal(psCpuTime(0), '00:00:00');
     assert.equal(psCpuTime(61_500), '00:01:01');
     assert.equal(psCpuTime((26 * 3600 + 5) * 1000), '1-02:00:05');
   });
 
-  it('STIME is HH:MM within a day, else MonDD (local time)', () => {
+  it('STIME is HH:MM on the same day, MonDD earlier in the year, else the year (local time)', () => {
     const start = new Date(2026, 10, 29, 9, 5, 0).getTime();
     assert.equal(psStartTime(start / 1000, start + 3600_000), '09:05');
-    assert.equal(psStartTime(start / 1000, start + 3 * 24 * 3600_000), 'Nov29');
+    assert.equal(psStartTime(start / 1000, new Date(2026, 10, 30, 0, 10).getTime()), 'Nov29');
+    assert.equal(psStartTime(start / 1000, new Date(2027, 0, 2).getTime()), '2026');
   });
 
-  it('rows in the titles order; C is CPU time over elapsed time, in percent', () => {
-    const now = Date.now();
-    const top = formatTop(
-      [
-        {
-          pid: 1,
-          ppid: 0,
-          uid: 0,
-          user: 'root',
-          startTimeSec: Math.floor(now / 1000) - 10,
-          cpuTimeMs: 2500,
-          elapsedMs: 10_000,
-          tty: '?',
-          cmd: 'sleep 1000',
-        },
-      ],
-      now,
+  it('etime, start, lstart, bsdtime and times as procps prints them', () => {
+    const row = (over: Partial<GuestProcess>) =>
+      top('-o pid,etime,etimes,start,lstart,bsdtime,times', [proc(over)]).processes[0] ?? [];
+    const start = new Date(2026, 10, 30, 2, 51, 31);
+    assert.deepEqual(row({ startTimeSec: start.getTime() / 1000, elapsedMs: 65_400, cpuTimeMs: 125_000 }), [
+      '22311',
+      '01:05',
+      '65',
+      '02:51:31',
+      'Mon Nov 30 02:51:31 2026',
+      '2:05',
+      '125',
+    ]);
+    const old = new Date(2026, 10, 7, 8, 0, 0).getTime() / 1000;
+    assert.deepEqual(row({ startTimeSec: old, elapsedMs: (2 * 86400 + 3 * 3600) * 1000 }).slice(1, 5), [
+      '2-03:00:00',
+      String(2 * 86400 + 3 * 3600),
+      'Nov 07',
+      'Sat Nov  7 08:00:00 2026',
+    ]);
+    assert.equal(row({ elapsedMs: 3 * 3600 * 1000 })[1], '03:00:00');
+  });
+});
+
+describe('docker top honours ps_args (titles and values as dockerd 20.10 with procps 4)', () => {
+  it('no ps_args, -ef and -f: UID PID PPID C STIME TTY TIME CMD', () => {
+    for (const psArgs of ['', '-ef', '-f', '-e -f', '-A -f']) {
+      const r = top(psArgs);
+      assert.deepEqual(r.titles, ['UID', 'PID', 'PPID', 'C', 'STIME', 'TTY', 'TIME', 'CMD'], psArgs);
+      assert.deepEqual(r.processes, [
+        ['root', '22311', '22289', '1', '02:51', '?', '00:00:00', 'sleep 2000'],
+      ]);
+    }
+    assert.deepEqual(TOP_TITLES, ['UID', 'PID', 'PPID', 'C', 'STIME', 'TTY', 'TIME', 'CMD']);
+  });
+
+  it('aux, -aux and u: the BSD user format', () => {
+    for (const psArgs of ['aux', '-aux', 'u', 'au', '-au', 'uaxw']) {
+      const r = top(psArgs);
+      assert.deepEqual(
+        r.titles,
+        ['USER', 'PID', '%CPU', '%MEM', 'VSZ', 'RSS', 'TTY', 'STAT', 'START', 'TIME', 'COMMAND'],
+        psArgs,
+      );
+      assert.deepEqual(r.processes, [
+        ['root', '22311', '1.6', '0.5', '2268', '1440', '?', 'Ss', '02:51', '0:00', 'sleep 2000'],
+      ]);
+    }
+  });
+
+  it('-o pid,user,comm and -o pid,rss,vsz,stat,args', () => {
+    assert.deepEqual(top('-o pid,user,comm'), {
+      titles: ['PID', 'USER', 'COMMAND'],
+      processes: [['22311', 'root', 'sleep']],
+    });
+    assert.deepEqual(top('-o pid,rss,vsz,stat,args'), {
+      titles: ['PID', 'RSS', 'VSZ', 'STAT', 'COMMAND'],
+      processes: [['22311', '1440', '2268', 'Ss', 'sleep 2000']],
+    });
+  });
+
+  it('-eo, o, -o twice, -opid, --format and axo all give PID COMMAND', () => {
+    for (const psArgs of [
+      '-eo pid,comm',
+      'o pid,comm',
+      '-o pid -o comm',
+      '-opid,comm',
+      '--format=pid,comm',
+      '--format pid,comm',
+      'axo pid,comm',
+      '-o pid=PID,comm',
+    ]) {
+      assert.deepEqual(top(psArgs), { titles: ['PID', 'COMMAND'], processes: [['22311', 'sleep']] }, psArgs);
+    }
+  });
+
+  it('the common specifiers with procps headers', () => {
+    const r = top(
+      '-o pid,ppid,uid,user,comm,args,cmd,command,rss,vsz,stat,s,%cpu,pcpu,%mem,pmem,etime,time,tty,start,stime,nlwp',
     );
-    assert.deepEqual(top.titles, TOP_TITLES);
-    assert.deepEqual(top.titles, ['UID', 'PID', 'PPID', 'C', 'STIME', 'TTY', 'TIME', 'CMD']);
-    const [row] = top.processes;
+    assert.deepEqual(r.titles, [
+      'PID',
+      'PPID',
+      'UID',
+      'USER',
+      'COMMAND',
+      'COMMAND',
+      'CMD',
+      'COMMAND',
+      'RSS',
+      'VSZ',
+      'STAT',
+      'S',
+      '%CPU',
+      '%CPU',
+      '%MEM',
+      '%MEM',
+      'ELAPSED',
+      'TIME',
+      'TT',
+      'STARTED',
+      'STIME',
+      'NLWP',
+    ]);
+    assert.deepEqual(r.processes[0], [
+      '22311',
+      '22289',
+      '0',
+      'root',
+      'sleep',
+      'sleep 2000',
+      'sleep 2000',
+      'sleep 2000',
+      '1440',
+      '2268',
+      'Ss',
+      'S',
+      '1.6',
+      '1.6',
+      '0.5',
+      '0.5',
+      '00:09',
+      '00:00:00',
+      '?',
+      '02:51:31',
+      '02:51',
+      '1',
+    ]);
+    const more = top('-o pid,vsize,rssize,cputime,etimes,pgid,sid,ni,lwp,fname,ucomm,euser');
+    assert.deepEqual(more.titles, [
+      'PID',
+      'VSZ',
+      'RSS',
+      'TIME',
+      'ELAPSED',
+      'PGID',
+      'SID',
+      'NI',
+      'LWP',
+      'COMMAND',
+      'COMMAND',
+      'EUSER',
+    ]);
+    assert.deepEqual(more.processes[0], [
+      '22311',
+      '2268',
+      '1440',
+      '00:00:00',
+      '9',
+      '22311',
+      '22311',
+      '0',
+      '22311',
+      'sleep',
+      'sleep',
+      'root',
+    ]);
+  });
+
+  it('a renamed column takes its header (`-o pid,user=X`)', () => {
+    assert.deepEqual(top('-o pid,user=X').titles, ['PID', 'X']);
+  });
+
+  it('-e gives PID TTY TIME CMD with the command name; x, ax and -ax PID TTY STAT TIME COMMAND', () => {
+    for (const psArgs of ['-e', '-A', '-a', '-d']) {
+      assert.deepEqual(top(psArgs), {
+        titles: ['PID', 'TTY', 'TIME', 'CMD'],
+        processes: [['22311', '?', '00:00:00', 'sleep']],
+      });
+    }
+    for (const psArgs of ['x', 'ax', '-ax']) {
+      assert.deepEqual(top(psArgs), {
+        titles: ['PID', 'TTY', 'STAT', 'TIME', 'COMMAND'],
+        processes: [['22311', '?', 'Ss', '0:00', 'sleep 2000']],
+      });
+    }
+  });
+
+  it('STAT flags: <, N, L, s, l, +; a zombie is <defunct>', () => {
+    const stat = (over: Partial<GuestProcess>) => top('-o pid,stat', [proc(over)]).processes[0]?.[1];
+    assert.equal(stat({ state: 'R', nice: -5, lockedKb: 4, nlwp: 3, pgid: 7, tpgid: 7 }), 'R<Lsl+');
+    assert.equal(stat({ state: 'S', nice: 10, sid: 1 }), 'SN');
+    const zombie = top('-o pid,comm,args', [proc({ state: 'Z', cmd: '[sleep]' })]).processes[0];
+    assert.deepEqual(zombie, ['22311', 'sleep <defunct>', '[sleep] <defunct>']);
+  });
+
+  it('%CPU is per mille over whole seconds of life (no decimal from 100%); C stops at 99', () => {
+    const row = (over: Partial<GuestProcess>) => top('-o pid,%cpu,c', [proc(over)]).processes[0]?.slice(1);
+    assert.deepEqual(row({ cpuTimeMs: 15_000, elapsedMs: 10_900 }), ['150', '99']);
+    assert.deepEqual(row({ cpuTimeMs: 2_500, elapsedMs: 10_000 }), ['25.0', '25']);
+    assert.deepEqual(row({ cpuTimeMs: 30, elapsedMs: 400 }), ['0.0', '0']);
+  });
+});
+
+describe('docker top errors as dockerd words them (500)', () => {
+  it('ps errors', () => {
+    psFails('--nosuch', 'ps: error: unknown gnu long option');
+    psFails('-o pid,nosuchfield', 'ps: error: unknown user-defined format specifier "nosuchfield"');
+    psFails('-o', 'ps: error: format specification must follow -o');
+    psFails('-o pid,,comm', 'ps: error: improper format list');
+    psFails('-f u', 'ps: error: conflicting format options');
+    psFails('-ef -o pid', 'ps: error: conflicting format options');
+    psFails('-o PID', 'ps: error: unknown user-defined format specifier "PID"');
+  });
+
+  it('no PID column', () => {
+    psFails('-o user,comm', "Couldn't find PID field in ps output");
+    psFails('-o pid=P,comm=', "Couldn't find PID field in ps output");
+  });
+
+  it('renaming another column to PID is refused before ps runs', () => {
+    psFails('-o user=PID,pid', 'specifying "user=PID,pid" is not allowed');
+  });
+
+  it('what Capsule cannot format is named, never answered with the default columns', () => {
+    psFails('-L', /^ps: the option -L is not supported by Capsule/);
+    psFails('-eLf', /^ps: the option -L is not supported/);
+    psFails('-p 1', /^ps: the option -p is not supported/);
+    psFails('fx', /^ps: the option f is not supported/);
+    psFails('-o pid,wchan', /^ps: the format specifier "wchan" is not supported/);
+    psFails('--sort=pid', /^ps: the option --sort is not supported/);
+  });
+
+  it('parsePsArgs defaults to -ef', () => {
     assert.deepEqual(
-      [row?.[0], row?.[1], row?.[2], row?.[3], row?.[5], row?.[6], row?.[7]],
-      ['root', '1', '0', '25', '?', '00:00:02', 'sleep 1000'],
+      parsePsArgs('').map((c) => c.header),
+      TOP_TITLES,
     );
-    assert.match(row?.[4] ?? '', /^\d\d:\d\d$/);
+  });
+});
+
+describe('ContainerMonitor.top', () => {
+  /** A fake running container whose guest lists one process. */
+  function fakeMonitor(running = true) {
+    const calls = { top: 0, lookups: 0 };
+    const sandbox = {
+      top: () => {
+        calls.top++;
+        return Promise.resolve([proc()]);
+      },
+    } as unknown as RunningSandbox;
+    const monitor = new ContainerMonitor({
+      execTarget: (ref) => {
+        calls.lookups++;
+        if (!running) throw new ConflictError(`Container ${ref} is not running`);
+        return { id: ref, sandbox };
+      },
+      inspect: (ref) => ({ id: ref, name: `/${ref}`, state: { running } }),
+    });
+    return { monitor, calls };
+  }
+
+  it('passes ps_args to the formatter', async () => {
+    const { monitor } = fakeMonitor();
+    assert.deepEqual((await monitor.top('c1', '-o pid,comm')).titles, ['PID', 'COMMAND']);
+    assert.deepEqual((await monitor.top('c1')).titles, TOP_TITLES);
+  });
+
+  it('a bad -o=PID rename fails before the container is looked up; an unsupported option before the guest is asked', async () => {
+    const { monitor, calls } = fakeMonitor(false);
+    await assert.rejects(monitor.top('c1', '-o user=PID'), /specifying "user=PID" is not allowed/);
+    assert.equal(calls.lookups, 0);
+    await assert.rejects(monitor.top('c1', '-L'), ConflictError);
+    const running = fakeMonitor();
+    await assert.rejects(running.monitor.top('c1', '-L'), SystemError);
+    assert.equal(running.calls.top, 0);
   });
 });

@@ -277,8 +277,11 @@ export interface AttachSession {
   writeStdin(data: Buffer): void;
   /** Client closed its stdin (FIN); closes the container's stdin when StdinOnce. */
   endStdin(): void;
-  /** Client went away. */
-  detach(): void;
+  /**
+   * The client went away, or typed the detach keys (`byKeys`: dockerd then logs a `detach` event,
+   * as for its EscapeError).
+   */
+  detach(byKeys?: boolean): void;
 }
 
 export interface LogsOptions {

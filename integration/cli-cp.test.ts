@@ -258,9 +258,41 @@ describe('docker cp, export, diff, commit against capsuled', () => {
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
     assert.equal(copied?.code, 0, copied?.stderr);
-    ok(await docker(['commit', name, image]));
+    const since = String(Math.floor(Date.now() / 1000));
+    const imageId = ok(await docker(['commit', '-m', 'live one', name, image])).trim();
     const state = ok(await docker(['inspect', '-f', '{{.State.Status}}', name])).trim();
     assert.equal(state, 'running');
+    // dockerd's events for it, in its order: pause, the new name's tag, commit, unpause.
+    const until = String(Math.ceil(Date.now() / 1000) + 1);
+    const events = ok(
+      await docker([
+        'events',
+        '--since',
+        since,
+        '--until',
+        until,
+        '--format',
+        '{{.Type}} {{.Action}} {{json .Actor.Attributes}}',
+      ]),
+    )
+      .trim()
+      .split('\n')
+      .filter((l) => /^(container (pause|commit|unpause)|image tag) /.test(l));
+    const containerId = ok(await docker(['inspect', '-f', '{{.Id}}', name])).trim();
+    assert.deepEqual(
+      events.map((l) => l.split(' ').slice(0, 2).join(' ')),
+      ['container pause', 'image tag', 'container commit', 'container unpause'],
+      events.join('\n'),
+    );
+    const commitAttributes = JSON.parse(events[2]?.split(' ').slice(2).join(' ') ?? '{}') as Record<
+      string,
+      string
+    >;
+    assert.deepEqual(
+      [commitAttributes.comment, commitAttributes.imageID, commitAttributes.imageRef, commitAttributes.name],
+      ['live one', imageId, image, name],
+    );
+    assert.ok(containerId.length === 64);
     assert.equal(ok(await docker(['run', '--rm', image, 'cat', '/live.txt'])), 'live\n');
     ok(await docker(['rm', '-f', name]));
   });

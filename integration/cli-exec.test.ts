@@ -172,6 +172,33 @@ describe('docker exec, top and stats with real VMs', () => {
       lines.some((l) => / sleep 30$/.test(l)),
       top,
     );
+    // ps_args (issue 4): the BSD user format with the guest's figures, and a -o list.
+    const aux = ok(await docker(['top', name, 'aux']))
+      .trim()
+      .split('\n');
+    assert.match(
+      aux[0] ?? '',
+      /^USER\s+PID\s+%CPU\s+%MEM\s+VSZ\s+RSS\s+TTY\s+STAT\s+START\s+TIME\s+COMMAND$/,
+    );
+    assert.ok(
+      aux.some((l) =>
+        /^root\s+\d+\s+\d+\.\d\s+\d+\.\d\s+[1-9]\d*\s+[1-9]\d*\s+\?\s+S\S*\s+\d\d:\d\d\s+\d+:\d\d\s+sleep 1000$/.test(
+          l,
+        ),
+      ),
+      aux.join('\n'),
+    );
+    const custom = ok(await docker(['top', name, '-o', 'pid,comm']))
+      .trim()
+      .split('\n');
+    assert.match(custom[0] ?? '', /^PID\s+COMMAND$/);
+    assert.ok(
+      custom.slice(1).every((l) => /^\d+\s+\S+$/.test(l)) && custom.some((l) => /^\d+\s+sleep$/.test(l)),
+      custom.join('\n'),
+    );
+    const noPid = await docker(['top', name, '-o', 'user,comm']);
+    assert.notEqual(noPid.code, 0);
+    assert.match(noPid.stderr, /Couldn't find PID field in ps output/);
   });
 
   it('docker stats --no-stream shows the guest memory and a CPU percentage', async () => {

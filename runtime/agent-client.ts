@@ -683,6 +683,17 @@ export class AgentClient {
         elapsed_ms: number;
         tty: string;
         cmd: string;
+        comm: string;
+        state: string;
+        nice: number;
+        pgid: number;
+        sid: number;
+        tpgid: number;
+        nlwp: number;
+        vsz_kb: number;
+        rss_kb: number;
+        locked_kb: number;
+        mem_total_kb: number;
       }[];
     }>('ListProcesses', { container_id: containerId }, this.callTimeoutMs);
     return r.processes.map((p) => ({
@@ -695,6 +706,17 @@ export class AgentClient {
       elapsedMs: Number(p.elapsed_ms),
       tty: p.tty,
       cmd: p.cmd,
+      comm: p.comm,
+      state: p.state,
+      nice: p.nice,
+      pgid: p.pgid,
+      sid: p.sid,
+      tpgid: p.tpgid,
+      nlwp: p.nlwp,
+      vszKb: Number(p.vsz_kb),
+      rssKb: Number(p.rss_kb),
+      lockedKb: Number(p.locked_kb),
+      memTotalKb: Number(p.mem_total_kb),
     }));
   }
 

@@ -156,7 +156,24 @@ export interface GuestProcess {
   elapsedMs: number;
   /** "?" or pts/N. */
   tty: string;
+  /** The command line, or `[comm]` for a process without one. */
   cmd: string;
+  /** The command name (/proc/<pid>/stat's, at most 15 bytes). */
+  comm: string;
+  /** The state letter (R, S, D, Z, T…). */
+  state: string;
+  nice: number;
+  pgid: number;
+  sid: number;
+  /** The terminal's foreground process group; -1 without a terminal. */
+  tpgid: number;
+  /** Threads. */
+  nlwp: number;
+  vszKb: number;
+  rssKb: number;
+  lockedKb: number;
+  /** The VM's MemTotal (KiB), the same for every process. */
+  memTotalKb: number;
 }
 
 /** A container's figures, read in the guest (docker stats). */

@@ -77,7 +77,8 @@ export interface ContainerLogsBackend {
 
 /** docker top and docker stats, from the guest's figures. */
 export interface ContainerMonitorBackend {
-  containerTop(ref: string): Promise<TopResult>;
+  /** ps_args as the query has it ('' = dockerd's `-ef`). */
+  containerTop(ref: string, psArgs?: string): Promise<TopResult>;
   containerStats(
     ref: string,
     options: { stream: boolean; oneShot: boolean },
@@ -344,9 +345,9 @@ export function createContainersRouter(backend: ContainersBackend, log: Logger):
     attachStream(req, res, session, detachKeys, log);
   });
 
-  // ps_args is accepted and ignored: the guest's processes are always listed as `ps -ef` shows them.
   router.get('/containers/:id/top', async (req, res) => {
-    sendJson(res, 200, toTopResponse(await backend.containerTop(ref(req))));
+    const psArgs = queryString(req, 'ps_args') ?? '';
+    sendJson(res, 200, toTopResponse(await backend.containerTop(ref(req), psArgs)));
   });
 
   router.get('/containers/:id/stats', async (req, res) => {
@@ -451,10 +452,10 @@ function attachStream(
   const scanner = new DetachScanner(detachKeys);
   // dockerd copies (and scans) the client's stdin only when it reaches the container.
   const scanning = tty && session.stdin;
-  const finish = (): void => {
+  const finish = (byKeys = false): void => {
     if (closed) return;
     closed = true;
-    session.detach();
+    session.detach(byKeys);
     stream.end();
   };
   session.start({
@@ -463,7 +464,7 @@ function attachStream(
       return bytes ? stream.write(bytes) : true;
     },
     drained: () => stream.drained(),
-    close: finish,
+    close: () => finish(),
   });
   stream.input.on('data', (data: Buffer) => {
     if (closed) return;
@@ -471,7 +472,7 @@ function attachStream(
     if (forward.length > 0) session.writeStdin(forward);
     if (detach) {
       log.debug('client detached', { container: session.containerId });
-      finish();
+      finish(true);
     }
   });
   // Without a Tty the client's FIN ends its stdin only; output goes on until the run ends.

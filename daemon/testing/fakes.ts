@@ -893,6 +893,17 @@ export class FakeSandbox implements RunningSandbox {
       elapsedMs: 1000,
       tty: '?',
       cmd: p.args.join(' '),
+      comm: (p.args[0] ?? '').split('/').pop()?.slice(0, 15) ?? '',
+      state: 'S',
+      nice: 0,
+      pgid: p.pid,
+      sid: p.pid,
+      tpgid: -1,
+      nlwp: 1,
+      vszKb: 2268,
+      rssKb: 1440,
+      lockedKb: 0,
+      memTotalKb: 256 * 1024,
     }));
   }
 

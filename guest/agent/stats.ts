@@ -31,6 +31,24 @@ export interface ProcessInfo {
   tty: string;
   /** The command line; `[comm]` for a process without one (kernel threads, zombies). */
   cmd: string;
+  /** The command name from /proc/<pid>/stat (ps's comm, at most 15 bytes). */
+  comm: string;
+  /** The state letter (R, S, D, Z, T, t, I…), the first letter of ps's STAT. */
+  state: string;
+  /** The rest of STAT's flags come from these: nice (< N), session leader (s), threads (l), foreground (+). */
+  nice: number;
+  pgid: number;
+  sid: number;
+  /** The terminal's foreground process group; -1 without a terminal. */
+  tpgid: number;
+  /** Threads (ps's NLWP). */
+  nlwp: number;
+  /** Virtual size, resident set and locked memory, KiB (ps's VSZ, RSS, and STAT's L flag). */
+  vszKb: number;
+  rssKb: number;
+  lockedKb: number;
+  /** The VM's MemTotal, KiB, the same for every process: ps's %MEM is RSS over it. */
+  memTotalKb: number;
 }
 
 async function readText(file: string): Promise<string | undefined> {
@@ -73,6 +91,8 @@ async function bootTimeSec(): Promise<number> {
 export async function listProcesses(cgroupDir: string, rootfs: string): Promise<ProcessInfo[]> {
   const pids = [...new Set(await cgroupPids(cgroupDir))].sort((a, b) => a - b);
   const btime = await bootTimeSec();
+  const memTotal = /^MemTotal:\s+(\d+) kB$/m.exec((await readText('/proc/meminfo')) ?? '');
+  const memTotalKb = memTotal ? Number(memTotal[1]) : Math.round(os.totalmem() / 1024);
   const nowSec = Date.now() / 1000;
   const passwdText = await readFileInRoot(rootfs, '/etc/passwd').catch(() => undefined);
   const names = new Map<number, string>();
@@ -90,6 +110,14 @@ export async function listProcesses(cgroupDir: string, rootfs: string): Promise<
     const num = (i: number) => Number(f[i - 3] ?? 0);
     const uidLine = /^Uid:\s+(\d+)/m.exec(status);
     const uid = uidLine ? Number(uidLine[1]) : 0;
+    // Kernel threads and zombies have no Vm* lines: 0, as ps shows them.
+    const kb = (key: string, text = status) =>
+      Number(new RegExp(`^${key}:\\s+(\\d+) kB$`, 'm').exec(text)?.[1] ?? 0);
+    // RSS from smaps_rollup (a walk of the page tables): the guest kernel (6.1) syncs a task's RSS
+    // counters into VmRSS only every 64 page faults, so a sleeping busybox showed 4 kB there and
+    // 52 kB here. VmRSS when smaps_rollup is not readable.
+    const rollup = await readText(`/proc/${pid}/smaps_rollup`);
+    const rssKb = rollup !== undefined && /^Rss:/m.test(rollup) ? kb('Rss', rollup) : kb('VmRSS');
     const cmdline = ((await readText(`/proc/${pid}/cmdline`)) ?? '').split('\0').filter((a) => a !== '');
     const startTimeSec = btime + num(22) / CLOCK_TICKS;
     out.push({
@@ -102,6 +130,17 @@ export async function listProcesses(cgroupDir: string, rootfs: string): Promise<
       elapsedSec: Math.max(0, nowSec - startTimeSec),
       tty: ttyName(num(7)),
       cmd: cmdline.length > 0 ? cmdline.join(' ') : `[${comm}]`,
+      comm,
+      state: f[0] ?? '?',
+      nice: num(19),
+      pgid: num(5),
+      sid: num(6),
+      tpgid: num(8),
+      nlwp: num(20),
+      vszKb: kb('VmSize'),
+      rssKb,
+      lockedKb: kb('VmLck'),
+      memTotalKb,
     });
   }
   return out;
