@@ -12,6 +12,7 @@ import type { CommitRequest, ImageCommitter } from '../images/commit';
 import { familiarString, parseNormalizedNamed, tagNameOnly } from '../images/reference';
 import type { ImageRuntimeConfig } from '../images/types';
 import type { FilesystemProvider } from './archive';
+import { mergeImageConfig } from './merge';
 import type { ContainerConfig } from './types';
 
 export interface CommitOptions {
@@ -21,6 +22,11 @@ export interface CommitOptions {
   comment?: string;
   author?: string;
   changes?: string[];
+  /**
+   * The new image's config as the client sent it (the body of POST /commit); what it leaves empty
+   * comes from the container's, by the merge rules of a create (dockerd's merge()).
+   */
+  config?: ContainerConfig;
   /** dockerd's default is true. */
   pause: boolean;
 }
@@ -92,7 +98,9 @@ export class ContainerCommitter {
         parentId: record.imageId,
         upperDir: cfs.upperDir,
         containerId: record.id,
-        containerConfig: dockerConfigOf(record.config),
+        containerConfig: dockerConfigOf(
+          options.config ? mergeImageConfig(options.config, dockerConfigOf(record.config)) : record.config,
+        ),
         createdBy: [record.path, ...record.args].join(' '),
         dockerVersion: this.dockerVersion,
         ...(options.repository !== undefined ? { repository: options.repository } : {}),

@@ -101,4 +101,29 @@ describe('archive routes', () => {
     const unknown = await request(h.socketPath, 'POST', '/commit?container=nosuch');
     assert.deepEqual([unknown.status, unknown.json()], [404, { message: 'No such container: nosuch' }]);
   });
+
+  it("a body config (docker-py's conf) is the new image's, its empty parts from the container (dockerd's merge)", async () => {
+    const before = h.images.commits.length;
+    const commit = await request(h.socketPath, 'POST', '/commit?container=arc&changes=ENV%20A%3D1', {
+      body: { Cmd: ['echo', 'from-body'], Env: ['B=2'], Labels: { from: 'body' }, WorkingDir: '/w' },
+    });
+    assert.equal(commit.status, 201, commit.text);
+    const sent = h.images.commits[before]?.containerConfig;
+    assert.deepEqual(sent?.Cmd, ['echo', 'from-body']);
+    assert.equal(sent?.WorkingDir, '/w');
+    assert.deepEqual(sent?.Labels, { from: 'body' });
+    // The body's Env first, then the container's variables it does not set (PATH from busybox).
+    assert.equal(sent?.Env?.[0], 'B=2');
+    assert.ok(
+      sent?.Env?.some((e) => e.startsWith('PATH=')),
+      JSON.stringify(sent?.Env),
+    );
+    assert.deepEqual(h.images.commits[before]?.changes, ['ENV A=1']);
+    const notJson = await request(h.socketPath, 'POST', '/commit?container=arc', {
+      body: 'x',
+      headers: { 'Content-Type': 'text/plain' },
+    });
+    assert.equal(notJson.status, 400);
+    assert.match(notJson.text, /must be 'application\/json'/);
+  });
 });

@@ -9,8 +9,10 @@ import { pipeline } from 'node:stream/promises';
 import type { ExtractOptions, FilesystemChange, PathStatView } from '../../daemon/archive';
 import type { CommitOptions } from '../../daemon/commit';
 import { encodePathStat } from '../../daemon/archive';
+import { readJsonBody } from '../body';
 import { sendJson } from '../errors';
 import { queryBool, queryBoolOr, queryString } from '../query';
+import { decodeContainerConfig } from '../types/containers';
 
 export interface ContainerArchiveBackend {
   containerStatPath(ref: string, path: string): Promise<PathStatView>;
@@ -88,6 +90,13 @@ export function createArchiveRouter(backend: ContainerArchiveBackend): Router {
     const tag = queryString(req, 'tag');
     const comment = queryString(req, 'comment');
     const author = queryString(req, 'author');
+    // docker-py and other API clients may send the new image's config as the body (the CLI sends
+    // none); "null" and no body mean the container's own.
+    const body = await readJsonBody(req);
+    const config =
+      body !== null && typeof body === 'object'
+        ? decodeContainerConfig(body as Record<string, unknown>)
+        : undefined;
     const id = await backend.containerCommit({
       container: queryString(req, 'container') ?? '',
       ...(repository !== undefined ? { repository } : {}),
@@ -95,6 +104,7 @@ export function createArchiveRouter(backend: ContainerArchiveBackend): Router {
       ...(comment !== undefined ? { comment } : {}),
       ...(author !== undefined ? { author } : {}),
       changes: queryAll(req, 'changes'),
+      ...(config !== undefined ? { config } : {}),
       pause: queryBoolOr(req, 'pause', true),
     });
     sendJson(res, 201, { Id: id });
