@@ -258,6 +258,15 @@ describe('docker pause / unpause with real VMs', () => {
     assert.equal(ok(await docker(['unpause', name])), `${name}\n`);
     await waitFor('output after unpause', async () => (await lines()) > paused + 2, 30_000);
     assert.equal((await inspect(name)).State.Status, 'running');
+    // The guest's clock stood still for the ~3 s of the pause; unpause brings it back to the host's
+    // (agent SyncClock), so the container is not left behind by it.
+    const before = Date.now() / 1000;
+    const guestNow = Number(ok(await docker(['exec', name, 'date', '+%s'])).trim());
+    const after = Date.now() / 1000;
+    assert.ok(
+      guestNow >= Math.floor(before) - 1 && guestNow <= Math.ceil(after) + 1,
+      `guest clock ${guestNow} vs host ${before.toFixed(1)}…${after.toFixed(1)}`,
+    );
     const notPaused = await docker(['unpause', name]);
     assert.equal(notPaused.stderr, `Error response from daemon: Container ${id} is not paused\n`);
 

@@ -781,6 +781,16 @@ export class AgentClient {
   }
 
   /** Flushes the guest's filesystems before power-off. */
+  /** Steps the guest's clock to `hostUnixMs` (after a pause); resolves with the step in ms. */
+  async syncClock(hostUnixMs: number): Promise<number> {
+    const r = await this.unary<{ step_ms: number }>(
+      'SyncClock',
+      { host_unix_ms: Math.round(hostUnixMs) },
+      this.callTimeoutMs,
+    );
+    return Number(r.step_ms);
+  }
+
   async prepareShutdown(timeoutMs = this.callTimeoutMs): Promise<void> {
     await this.unary('PrepareShutdown', {}, timeoutMs);
   }

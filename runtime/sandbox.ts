@@ -292,8 +292,20 @@ class Sandbox implements RunningSandbox {
     return this.qmp((qmp) => qmp.stop());
   }
 
-  resume(): Promise<void> {
-    return this.qmp((qmp) => qmp.cont());
+  /**
+   * Lets the VM run again, then brings the guest's clock to the host's: it stood still while the
+   * VM was stopped (a container would otherwise be behind by every pause, commit included). The
+   * clock sync is best effort: a container that runs with a late clock beats one that is not
+   * resumed.
+   */
+  async resume(): Promise<void> {
+    await this.qmp((qmp) => qmp.cont());
+    try {
+      const stepMs = await this.client.syncClock(Date.now());
+      if (stepMs !== 0) this.log.debug('guest clock stepped after resume', { stepMs });
+    } catch (err) {
+      this.log.warn('guest clock not synced after resume', { error: messageOf(err) });
+    }
   }
 
   /** One QMP command on this VM (QEMU serves one QMP connection at a time: open, run, close). */

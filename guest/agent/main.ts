@@ -140,7 +140,12 @@ async function serve(fromSnapshot: boolean): Promise<void> {
     resetOomScoreAdj: oomProtected,
   });
   const server = new grpc.Server();
-  server.addService(service, createAgentService(manager, times));
+  // Next to crun on the agent disk (guest/assets/build.sh), like capsule-console.
+  const crunPath = process.env.CAPSULE_CRUN ?? 'crun';
+  const setClockPath =
+    process.env.CAPSULE_SETCLOCK ??
+    (path.isAbsolute(crunPath) ? path.join(path.dirname(crunPath), 'capsule-setclock') : 'capsule-setclock');
+  server.addService(service, createAgentService(manager, times, { setClockPath }));
 
   const transport: { bridge?: VirtioBridge } = {};
   const shutdown = (signal: string) => {

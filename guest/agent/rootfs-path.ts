@@ -10,49 +10,15 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-
-const MAX_SYMLINKS = 255;
+import { resolveContainerPath } from '../../common/rootfs-archive';
 
 /**
  * The host path of `p` inside `root`, every existing symlink resolved within `root`. Components
- * that do not exist are appended lexically. Throws ELOOP-like errors on symlink loops.
+ * that do not exist are appended lexically. Throws on symlink loops. The walk is
+ * common/rootfs-archive.ts's (docker cp uses it too): one implementation of the confinement.
  */
 export async function resolveInRoot(root: string, p: string): Promise<string> {
-  const pending = p.split('/').reverse();
-  const resolved: string[] = [];
-  let links = 0;
-  let missing = false;
-  while (pending.length > 0) {
-    const part = pending.pop() as string;
-    if (part === '' || part === '.') continue;
-    if (part === '..') {
-      resolved.pop();
-      continue;
-    }
-    if (missing) {
-      resolved.push(part);
-      continue;
-    }
-    const candidate = path.join(root, ...resolved, part);
-    let stat;
-    try {
-      stat = await fs.lstat(candidate);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      missing = true;
-      resolved.push(part);
-      continue;
-    }
-    if (!stat.isSymbolicLink()) {
-      resolved.push(part);
-      continue;
-    }
-    if (++links > MAX_SYMLINKS) throw new Error(`too many levels of symbolic links resolving ${p}`);
-    const target = await fs.readlink(candidate);
-    if (target.startsWith('/')) resolved.length = 0;
-    pending.push(...target.split('/').reverse());
-  }
-  return path.join(root, ...resolved);
+  return path.join(root, await resolveContainerPath(root, p));
 }
 
 /** Reads `p` inside `root`; undefined when it does not exist. */

@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { ArchiveService } from './archive';
+import { syncClock, type ClockOptions } from './clock';
 import type { ContainerManager, OutputSink } from './containers';
 import { AgentError, type AgentErrorKind } from './errors';
 import { containerStats, listProcesses } from './stats';
@@ -148,6 +149,7 @@ export interface AgentTimes {
 export function createAgentService(
   manager: ContainerManager,
   times: AgentTimes,
+  clock: ClockOptions,
 ): grpc.UntypedServiceImplementation {
   return {
     Check: unary(() => ({
@@ -276,6 +278,9 @@ export function createAgentService(
       };
     }),
     PrepareShutdown: unary(() => runSync()),
+    SyncClock: unary(async (req: { host_unix_ms: number }) => ({
+      step_ms: await syncClock(req.host_unix_ms, clock),
+    })),
     WarmUp: unary((req: { oci_spec_json: string }) => manager.warmUp(req.oci_spec_json)),
     ...archiveHandlers(new ArchiveService((id) => manager.describe(id).rootfs)),
   };

@@ -295,8 +295,19 @@ if [[ ! -x $CONSOLE_BIN || "$(cat "$OUT/.console.hash" 2>/dev/null)" != "$(sha "
   mv -f "$CONSOLE_BIN.tmp.$$" "$CONSOLE_BIN"
   sha "$CONSOLE_SRC" >"$OUT/.console.hash"
 fi
+# capsule-setclock (guest/clock/): steps the guest's clock after the VM was paused (Node cannot call
+# clock_settime). Static as well.
+SETCLOCK_SRC=$ROOT/guest/clock/capsule-setclock.c
+SETCLOCK_BIN=$OUT/capsule-setclock
+if [[ ! -x $SETCLOCK_BIN || "$(cat "$OUT/.setclock.hash" 2>/dev/null)" != "$(sha "$SETCLOCK_SRC")" ]]; then
+  command -v gcc >/dev/null 2>&1 || die "missing gcc (run scripts/setup.sh)"
+  say "capsule-setclock"
+  gcc -O2 -Wall -Wextra -Werror -static -o "$SETCLOCK_BIN.tmp.$$" "$SETCLOCK_SRC"
+  mv -f "$SETCLOCK_BIN.tmp.$$" "$SETCLOCK_BIN"
+  sha "$SETCLOCK_SRC" >"$OUT/.setclock.hash"
+fi
 agent_inputs="$BUILD_SH_SHA $(sha "$NODE_BIN") $(sha "$CRUN_BIN") $(sha "$AGENT_PROTO") flags:$NODE_FLAGS"
-agent_inputs+=" console:$(sha "$CONSOLE_BIN") tini:$(sha "$TINI_BIN")"
+agent_inputs+=" console:$(sha "$CONSOLE_BIN") setclock:$(sha "$SETCLOCK_BIN") tini:$(sha "$TINI_BIN")"
 if [[ -f $AGENT_JS ]]; then agent_inputs+=" $(sha "$AGENT_JS")"; else agent_inputs+=" stub"; fi
 # The snapshot also depends on the VM that builds it: its builder, the initramfs and QEMU's CPU model.
 snapshot_builder=$ROOT/dist/runtime/agent-snapshot.js
@@ -323,6 +334,7 @@ if [[ ! -f $OUT/agent.img || "$(cat "$OUT/.agent.hash" 2>/dev/null)" != "$agent_
   cp "$CRUN_BIN" "$stage/bin/crun"
   cp "$TINI_BIN" "$stage/bin/tini"
   cp "$CONSOLE_BIN" "$stage/bin/capsule-console"
+  cp "$SETCLOCK_BIN" "$stage/bin/capsule-setclock"
   for lib in "${LIBS[@]}"; do cp -L "$lib" "$stage/lib/$(basename "$lib")"; done
   cp "$AGENT_PROTO" "$stage/agent.proto"
   if [[ -f $AGENT_JS ]]; then
