@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { JsonLogEncoder, MAX_LOG_LINE, encodeEntryText, splitEntries } from './log-encoder';
+import { prng } from '../common/testing/prng';
 
 const TIME = '2026-11-30T02:12:49.63390007Z';
 const tail = (stream: 'stdout' | 'stderr'): string => `","stream":"${stream}","time":"${TIME}"}\n`;
@@ -33,18 +34,6 @@ function encodePlain(data: Buffer, stream: 1 | 2): Buffer {
     }
   }
   return Buffer.from(out, 'utf8');
-}
-
-/** Deterministic PRNG (mulberry32), so that a failure can be replayed from its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 // Pieces the random inputs are made of: what needs escaping, valid and invalid UTF-8, plain text.

@@ -284,28 +284,26 @@ if [[ -f $SD_STUB_DIR/libsystemd.so.0 ]]; then
 else
   mapfile -t LIBS < <(libs_of "$NODE_BIN" "$CRUN_BIN")
 fi
+# The agent's static C helpers (no library to ship for them), rebuilt when their source changes:
+# build_static_helper NAME SOURCE → $OUT/NAME.
+build_static_helper() {
+  local name=$1 src=$2 bin=$OUT/$1
+  if [[ ! -x $bin || "$(cat "$OUT/.$name.hash" 2>/dev/null)" != "$(sha "$src")" ]]; then
+    command -v gcc >/dev/null 2>&1 || die "missing gcc (run scripts/setup.sh)"
+    say "$name"
+    gcc -O2 -Wall -Wextra -Werror -static -o "$bin.tmp.$$" "$src"
+    mv -f "$bin.tmp.$$" "$bin"
+    sha "$src" >"$OUT/.$name.hash"
+  fi
+}
 # capsule-console (guest/console/): carries a container's terminal (crun --console-socket) over pipes
-# for the agent, which cannot receive a file descriptor itself. Static: no library to ship for it.
-CONSOLE_SRC=$ROOT/guest/console/capsule-console.c
+# for the agent, which cannot receive a file descriptor itself.
+build_static_helper capsule-console "$ROOT/guest/console/capsule-console.c"
 CONSOLE_BIN=$OUT/capsule-console
-if [[ ! -x $CONSOLE_BIN || "$(cat "$OUT/.console.hash" 2>/dev/null)" != "$(sha "$CONSOLE_SRC")" ]]; then
-  command -v gcc >/dev/null 2>&1 || die "missing gcc (run scripts/setup.sh)"
-  say "capsule-console"
-  gcc -O2 -Wall -Wextra -Werror -static -o "$CONSOLE_BIN.tmp.$$" "$CONSOLE_SRC"
-  mv -f "$CONSOLE_BIN.tmp.$$" "$CONSOLE_BIN"
-  sha "$CONSOLE_SRC" >"$OUT/.console.hash"
-fi
 # capsule-setclock (guest/clock/): steps the guest's clock after the VM was paused (Node cannot call
-# clock_settime). Static as well.
-SETCLOCK_SRC=$ROOT/guest/clock/capsule-setclock.c
+# clock_settime).
+build_static_helper capsule-setclock "$ROOT/guest/clock/capsule-setclock.c"
 SETCLOCK_BIN=$OUT/capsule-setclock
-if [[ ! -x $SETCLOCK_BIN || "$(cat "$OUT/.setclock.hash" 2>/dev/null)" != "$(sha "$SETCLOCK_SRC")" ]]; then
-  command -v gcc >/dev/null 2>&1 || die "missing gcc (run scripts/setup.sh)"
-  say "capsule-setclock"
-  gcc -O2 -Wall -Wextra -Werror -static -o "$SETCLOCK_BIN.tmp.$$" "$SETCLOCK_SRC"
-  mv -f "$SETCLOCK_BIN.tmp.$$" "$SETCLOCK_BIN"
-  sha "$SETCLOCK_SRC" >"$OUT/.setclock.hash"
-fi
 agent_inputs="$BUILD_SH_SHA $(sha "$NODE_BIN") $(sha "$CRUN_BIN") $(sha "$AGENT_PROTO") flags:$NODE_FLAGS"
 agent_inputs+=" console:$(sha "$CONSOLE_BIN") setclock:$(sha "$SETCLOCK_BIN") tini:$(sha "$TINI_BIN")"
 if [[ -f $AGENT_JS ]]; then agent_inputs+=" $(sha "$AGENT_JS")"; else agent_inputs+=" stub"; fi

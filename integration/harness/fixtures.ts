@@ -30,6 +30,7 @@ import {
   type Layer,
 } from '../../images/testing/image-builder';
 import { requireCommand } from './registry';
+import { prng } from '../../common/testing/prng';
 
 export {
   buildImage,
@@ -366,18 +367,6 @@ export interface LargeImageOptions {
   layerBytes?: number;
   /** Seed for the deterministic content generator (default 1). */
   seed?: number;
-}
-
-/** mulberry32: a small deterministic PRNG, so the same options give the same image bytes. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /**
