@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { PassThrough } from 'node:stream';
 import Docker from 'dockerode';
 import { demuxAll } from './streams/multiplex';
-import { eventually, RawConnection, request } from './testing/http';
+import { containerEvents, eventually, RawConnection, request } from './testing/http';
 import { startHarness, type Harness } from './testing/harness';
 
 /** The parts of StatsJSON the tests read. */
@@ -176,17 +176,7 @@ describe('exec through the API', () => {
     const inspect = await inspectExec(execId);
     assert.equal(inspect.ExitCode, 126);
     assert.equal(inspect.Running, false);
-    const until = Math.ceil(Date.now() / 1000) + 1;
-    const events = await request(
-      h.socketPath,
-      'GET',
-      `/v1.41/events?since=${since}&until=${until}&filters=${encodeURIComponent(JSON.stringify({ container: [id] }))}`,
-    );
-    const actions = events.text
-      .trim()
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as { Action: string; Actor: { Attributes: Record<string, string> } })
+    const actions = (await containerEvents(h.socketPath, id, since))
       .filter((e) => e.Actor.Attributes.execID === execId)
       .map((e) => e.Action);
     assert.deepEqual(actions, ['exec_create: nosuch ', 'exec_start: nosuch ']);

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import Docker from 'dockerode';
-import { request } from './testing/http';
+import { containerEvents, request } from './testing/http';
 import { startHarness, type Harness } from './testing/harness';
 
 let h: Harness;
@@ -79,16 +79,7 @@ describe('healthchecks', () => {
       [id],
     );
     assert.match(rows[0]?.Status ?? '', /^Up .* \(healthy\)$/);
-    const until = Math.ceil(Date.now() / 1000) + 1;
-    const events = await request(
-      h.socketPath,
-      'GET',
-      `/v1.41/events?since=${since}&until=${until}&filters=${encodeURIComponent(JSON.stringify({ container: [id] }))}`,
-    );
-    const actions = events.text
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => (JSON.parse(l) as { Action: string }).Action);
+    const actions = (await containerEvents(h.socketPath, id, since)).map((e) => e.Action);
     assert.ok(actions.includes('health_status: healthy'), actions.join(', '));
     assert.equal(actions.filter((a) => a.startsWith('health_status')).length, 1, 'one event per change');
     assert.ok(

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Demuxer, demuxAll } from './streams/multiplex';
 import { BUSYBOX, startHarness, type Harness } from './testing/harness';
-import { RawConnection, eventually, request } from './testing/http';
+import { RawConnection, containerEvents, eventually, request } from './testing/http';
 
 let h: Harness;
 
@@ -561,16 +561,7 @@ describe('images, events, upgrade bodies', () => {
       State: { Running: boolean };
     }>();
     assert.equal(state.State.Running, true);
-    const until = Math.ceil(Date.now() / 1000) + 1;
-    const events = await request(
-      h.socketPath,
-      'GET',
-      `/events?since=${since}&until=${until}&filters=${encodeURIComponent(JSON.stringify({ container: [id] }))}`,
-    );
-    const actions = events.text
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => (JSON.parse(l) as { Action: string }).Action);
+    const actions = (await containerEvents(h.socketPath, id, since)).map((e) => e.Action);
     assert.deepEqual(
       actions.filter((a) => a === 'attach' || a === 'detach'),
       ['attach', 'detach'],

@@ -3,7 +3,6 @@ import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { Readable } from 'node:stream';
 import * as tar from 'tar-stream';
 import {
   RootfsArchiveError,
@@ -16,36 +15,10 @@ import {
   statPath,
   userIdsInRoot,
 } from './rootfs-archive';
+import { readTarEntries } from './testing/tar';
 
 let root: string;
 let outside: string;
-
-async function entriesOf(
-  stream: Readable,
-): Promise<Array<{ name: string; type: string; linkname?: string; body: string }>> {
-  const extract = tar.extract();
-  const out: Array<{ name: string; type: string; linkname?: string; body: string }> = [];
-  const done = new Promise<void>((resolve, reject) => {
-    extract.on('entry', (header, body, next) => {
-      const chunks: Buffer[] = [];
-      body.on('data', (c: unknown) => chunks.push(c as Buffer));
-      body.on('end', () => {
-        out.push({
-          name: header.name,
-          type: header.type ?? 'file',
-          ...(header.linkname ? { linkname: header.linkname } : {}),
-          body: Buffer.concat(chunks).toString(),
-        });
-        next();
-      });
-    });
-    extract.on('finish', resolve);
-    extract.on('error', reject);
-  });
-  stream.pipe(extract);
-  await done;
-  return out;
-}
 
 async function tarOf(
   entries: Array<tar.Header | { name: string; type?: string; linkname?: string; body?: string }>,
@@ -128,13 +101,13 @@ describe('rootfs archive', () => {
   });
 
   it('archive of a directory is named by its base name; "/." gives its contents', async () => {
-    const named = await entriesOf((await archiveOut(root, '/bin', 'c1')).stream);
+    const named = await readTarEntries((await archiveOut(root, '/bin', 'c1')).stream);
     assert.deepEqual(
       named.map((e) => e.name),
       ['bin/', 'bin/busybox', 'bin/sh'],
     );
     assert.equal(named.find((e) => e.name === 'bin/sh')?.linkname, 'busybox');
-    const contents = await entriesOf((await archiveOut(root, '/bin/.', 'c1')).stream);
+    const contents = await readTarEntries((await archiveOut(root, '/bin/.', 'c1')).stream);
     assert.deepEqual(
       contents.map((e) => e.name),
       ['./', './busybox', './sh'],
@@ -142,14 +115,14 @@ describe('rootfs archive', () => {
   });
 
   it('archive of a directory holding a link out of the rootfs carries the link, not the host file', async () => {
-    const entries = await entriesOf((await archiveOut(root, '/', 'c1')).stream);
+    const entries = await readTarEntries((await archiveOut(root, '/', 'c1')).stream);
     const escape = entries.find((e) => e.name === './abs-escape');
     assert.equal(escape?.type, 'symlink');
     assert.ok(!entries.some((e) => e.body === 'host secret'));
   });
 
   it('export lists every entry relative to the root', async () => {
-    const names = (await entriesOf(exportRootfs(root))).map((e) => e.name);
+    const names = (await readTarEntries(exportRootfs(root))).map((e) => e.name);
     assert.ok(names.includes('bin/busybox'));
     assert.ok(names.includes('etc/passwd'));
     assert.ok(!names.some((n) => n.startsWith('/') || n.startsWith('./')));

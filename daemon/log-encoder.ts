@@ -15,7 +15,7 @@
  *
  * A container printing short lines makes one entry per few bytes (`yes` writes 2-byte lines), so
  * the writer encodes a whole chunk of output in one pass into one buffer: no object, string or
- * Buffer per entry. `encodeEntry` is the plain one-entry form of the same rules; the unit tests
+ * Buffer per entry. `encodeEntryText` is the plain one-entry form of the same rules; the unit tests
  * check that both give the same bytes.
  */
 

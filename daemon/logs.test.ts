@@ -9,7 +9,6 @@ import {
   JsonFileLogWriter,
   MAX_LOG_LINE,
   decodeEntry,
-  encodeEntry,
   fromHumanSize,
   parseLogOptions,
   readLogEntries,
@@ -17,6 +16,8 @@ import {
   validateLogOptions,
 } from './logs';
 import type { LogEntry } from './types';
+import { encodeEntryText } from './log-encoder';
+import { formatRFC3339Nano } from './time';
 
 let dir: string;
 before(async () => {
@@ -147,13 +148,7 @@ describe('json-file log writer', () => {
     await w.endRun();
     await w.close();
     assert.deepEqual((await fs.readdir(sub)).sort(), ['r-json.log', 'r-json.log.1', 'r-json.log.2']);
-    for (const rotated of [`${file}.1`, `${file}.2`]) {
-      const size = await sizeOf(rotated);
-      assert.ok(size >= 1000 && size < 1100, `${rotated} holds ${size} bytes`);
-    }
-    const got = await collect(readLogFile(file, { stdout: true, stderr: true, maxFiles: 3 }));
-    assert.ok(got.length >= 32 && got.length <= 38, `expected about 35 lines, got ${got.length}`);
-    assertContiguousTail(got, 99);
+    await assertRotatedLines0To99(file);
   });
 
   it('a follower gets every entry of a many-line chunk, cut as in the file', async () => {
@@ -181,7 +176,7 @@ describe('json-file log writer', () => {
 
   it('escapes like Go and round-trips entries', () => {
     const entry: LogEntry = { stream: 2, data: Buffer.from('<a&b>\n'), timeNs: 1795976632_500000000n };
-    const text = encodeEntry(entry);
+    const text = encodeEntryText(entry.data, entry.stream, formatRFC3339Nano(entry.timeNs));
     assert.equal(
       text,
       '{"log":"\\u003ca\\u0026b\\u003e\\n","stream":"stderr","time":"2026-11-29T18:23:52.5Z"}\n',
@@ -320,15 +315,7 @@ describe('json-file rotation (--log-opt max-size/max-file/compress)', () => {
     await writeLines(file, { 'max-size': '1k', 'max-file': '3' }, 100);
     const names = (await fs.readdir(dir)).filter((n) => n.startsWith('rot-json.log')).sort();
     assert.deepEqual(names, ['rot-json.log', 'rot-json.log.1', 'rot-json.log.2']);
-    for (const rotated of [`${file}.1`, `${file}.2`]) {
-      const size = await sizeOf(rotated);
-      assert.ok(size >= 1000 && size < 1100, `${rotated} holds ${size} bytes`);
-    }
-    const got = await collect(readLogFile(file, { stdout: true, stderr: true, maxFiles: 3 }));
-    // About 35 entries (13 per full file); the exact count moves by one with entry lengths, since
-    // RFC3339Nano times trim trailing zeros. No gap, no repeat, oldest first.
-    assert.ok(got.length >= 32 && got.length <= 38, `expected about 35 lines, got ${got.length}`);
-    assertContiguousTail(got, 99);
+    await assertRotatedLines0To99(file);
     assert.deepEqual(await collect(readLogFile(file, { stdout: true, stderr: true, tail: 2, maxFiles: 3 })), [
       '1:line-98\n',
       '1:line-99\n',
@@ -446,6 +433,21 @@ describe('json-file rotation (--log-opt max-size/max-file/compress)', () => {
     assert.equal(fromHumanSize('2 GB'), 2e9);
   });
 });
+
+/**
+ * `line-0` … `line-99` written with max-size=1k max-file=3: two full rotated files of about 1 KiB
+ * and, read back oldest first, about 35 entries (13 per full file; the exact count moves by one
+ * with entry lengths, since RFC3339Nano times trim trailing zeros), no gap, no repeat.
+ */
+async function assertRotatedLines0To99(file: string): Promise<void> {
+  for (const rotated of [`${file}.1`, `${file}.2`]) {
+    const size = await sizeOf(rotated);
+    assert.ok(size >= 1000 && size < 1100, `${rotated} holds ${size} bytes`);
+  }
+  const got = await collect(readLogFile(file, { stdout: true, stderr: true, maxFiles: 3 }));
+  assert.ok(got.length >= 32 && got.length <= 38, `expected about 35 lines, got ${got.length}`);
+  assertContiguousTail(got, 99);
+}
 
 /** `got` is `1:line-K\n` … `1:line-last\n` with no gap and no repeat. */
 function assertContiguousTail(got: string[], last: number): void {

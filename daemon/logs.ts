@@ -25,7 +25,7 @@ import { pipeline } from 'node:stream/promises';
 import * as zlib from 'node:zlib';
 import type { FileHandle } from 'node:fs/promises';
 import { InvalidParameterError, SystemError, messageOf } from '../common/errdefs';
-import { JsonLogEncoder, MAX_LOG_LINE, encodeEntryText, splitEntries } from './log-encoder';
+import { JsonLogEncoder, MAX_LOG_LINE, splitEntries } from './log-encoder';
 import { formatRFC3339Nano, nowNs, parseRFC3339Nano } from './time';
 import type { LogEntry, OutputChunk } from './types';
 
@@ -35,11 +35,6 @@ interface RawEntry {
   log?: string;
   stream?: string;
   time?: string;
-}
-
-/** One entry as dockerd writes it (daemon/log-encoder.ts); `entry.data` is at most 16 KiB. */
-export function encodeEntry(entry: LogEntry): string {
-  return encodeEntryText(entry.data, entry.stream, formatRFC3339Nano(entry.timeNs));
 }
 
 /**

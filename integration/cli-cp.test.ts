@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import * as tar from 'tar-stream';
 import { runCli, type CliResult } from './harness/cli';
 import { session, type Session } from './harness/session';
+import { readTarEntries } from '../common/testing/tar';
 
 let s: Session;
 let work: string;
@@ -23,33 +24,6 @@ const createdImages: string[] = [];
 function ok(r: CliResult): string {
   assert.equal(r.code, 0, `exit ${r.code}; stderr: ${r.stderr}`);
   return r.stdout;
-}
-
-async function tarNames(
-  archive: NodeJS.ReadableStream,
-): Promise<Array<{ name: string; type: string; linkname: string; body: string }>> {
-  const extract = tar.extract();
-  const out: Array<{ name: string; type: string; linkname: string; body: string }> = [];
-  const done = new Promise<void>((resolve, reject) => {
-    extract.on('entry', (header, body, next) => {
-      const chunks: Buffer[] = [];
-      body.on('data', (c: unknown) => chunks.push(c as Buffer));
-      body.on('end', () => {
-        out.push({
-          name: header.name,
-          type: header.type ?? 'file',
-          linkname: header.linkname ?? '',
-          body: Buffer.concat(chunks).toString(),
-        });
-        next();
-      });
-    });
-    extract.on('finish', resolve);
-    extract.on('error', reject);
-  });
-  (archive as unknown as NodeJS.ReadableStream).pipe(extract as unknown as NodeJS.WritableStream);
-  await done;
-  return out;
 }
 
 async function tarBuffer(
@@ -107,9 +81,9 @@ describe('docker cp, export, diff, commit against capsuled', () => {
     await run(name, 'mkdir -p /data/sub && echo one > /data/one && echo two > /data/sub/two');
     ok(await docker(['cp', `${name}:/data/one`, path.join(work, 'one-out')]));
     assert.equal(await fs.readFile(path.join(work, 'one-out'), 'utf8'), 'one\n');
-    const entries = await tarNames(await s.docker.getContainer(name).getArchive({ path: '/data' }));
+    const entries = await readTarEntries(await s.docker.getContainer(name).getArchive({ path: '/data' }));
     assert.deepEqual(entries.map((e) => e.name).sort(), ['data/', 'data/one', 'data/sub/', 'data/sub/two']);
-    const contents = await tarNames(await s.docker.getContainer(name).getArchive({ path: '/data/.' }));
+    const contents = await readTarEntries(await s.docker.getContainer(name).getArchive({ path: '/data/.' }));
     assert.ok(
       contents.some((e) => e.name === './sub/two'),
       JSON.stringify(contents.map((e) => e.name)),
@@ -119,7 +93,7 @@ describe('docker cp, export, diff, commit against capsuled', () => {
   it('a directory holding a symlink to / is copied with the link, not what it points to', async () => {
     const name = `cp-escape-${suffix}`;
     await run(name, 'mkdir -p /tmp/d && ln -s / /tmp/d/escape && ln -s /../../../../../.. /tmp/up');
-    const entries = await tarNames(await s.docker.getContainer(name).getArchive({ path: '/tmp/d' }));
+    const entries = await readTarEntries(await s.docker.getContainer(name).getArchive({ path: '/tmp/d' }));
     assert.deepEqual(
       entries.map((e) => [e.name, e.type, e.linkname]),
       [
@@ -138,7 +112,9 @@ describe('docker cp, export, diff, commit against capsuled', () => {
     await fs.writeFile(file, 'inside\n');
     ok(await docker(['cp', file, `${name}:/tmp/up/`]));
     await assert.rejects(fs.access(path.join('/', 'into-link.txt')));
-    const back = await tarNames(await s.docker.getContainer(name).getArchive({ path: '/into-link.txt' }));
+    const back = await readTarEntries(
+      await s.docker.getContainer(name).getArchive({ path: '/into-link.txt' }),
+    );
     assert.equal(back[0]?.body, 'inside\n');
   });
 
@@ -187,14 +163,14 @@ describe('docker cp, export, diff, commit against capsuled', () => {
       linkTarget: string;
     };
     assert.deepEqual([stat.name, stat.linkTarget], ['sh', '/bin/busybox']);
-    const names = (await tarNames(await s.docker.getContainer(name).export())).map((e) => e.name);
+    const names = (await readTarEntries(await s.docker.getContainer(name).export())).map((e) => e.name);
     assert.ok(names.includes('bin/busybox'), 'export of a running container lists bin/busybox');
     ok(await docker(['rm', '-f', name]));
   });
 
   it('export of a stopped container lists /bin/busybox', async () => {
     const name = `cp-stopped-${suffix}`;
-    const names = (await tarNames(await s.docker.getContainer(name).export())).map((e) => e.name);
+    const names = (await readTarEntries(await s.docker.getContainer(name).export())).map((e) => e.name);
     assert.ok(names.includes('bin/busybox'), names.slice(0, 20).join(' '));
     assert.ok(names.includes('data/sub/two'));
   });

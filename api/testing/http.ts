@@ -131,3 +131,25 @@ export async function eventually<T>(
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/** One line of GET /events, the fields the tests read. */
+export interface EventLine {
+  Type: string;
+  Action: string;
+  Actor: { ID: string; Attributes: Record<string, string> };
+}
+
+/** The events of container `id` from `since` (unix seconds) until a second past now. */
+export async function containerEvents(socketPath: string, id: string, since: number): Promise<EventLine[]> {
+  const until = Math.ceil(Date.now() / 1000) + 1;
+  const filters = encodeURIComponent(JSON.stringify({ container: [id] }));
+  const events = await request(
+    socketPath,
+    'GET',
+    `/v1.41/events?since=${since}&until=${until}&filters=${filters}`,
+  );
+  return events.text
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as EventLine);
+}
