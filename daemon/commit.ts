@@ -8,8 +8,8 @@
  */
 import { messageOf } from '../common/errdefs';
 import type { Logger } from '../common/logger';
-import type { CommitRequest, ImageCommitter } from '../images/commit';
-import { familiarString, parseNormalizedNamed, tagNameOnly } from '../images/reference';
+import { commitReference, type CommitRequest, type ImageCommitter } from '../images/commit';
+import { familiarString } from '../images/reference';
 import type { ImageRuntimeConfig } from '../images/types';
 import type { FilesystemProvider } from './archive';
 import { mergeImageConfig } from './merge';
@@ -119,15 +119,8 @@ export class ContainerCommitter {
         const image = await this.images.commit(request);
         // dockerd's order and attributes: the new name's `tag` event (with the image's labels),
         // then the container's `commit` naming the image.
-        const imageRef = options.repository
-          ? familiarString(
-              tagNameOnly(
-                parseNormalizedNamed(
-                  options.tag ? `${options.repository}:${options.tag}` : options.repository,
-                ),
-              ),
-            )
-          : '';
+        const ref = commitReference(options.repository, options.tag);
+        const imageRef = ref ? familiarString(ref) : '';
         if (imageRef)
           this.events.publishImageEvent('tag', image.id, {
             ...(image.config.config?.Labels ?? {}),

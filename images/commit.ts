@@ -61,18 +61,25 @@ export interface CommitPlan {
   config: ImageRuntimeConfig;
 }
 
+/**
+ * The name a commit gives its image, as dockerd forms it: the repository, its tag replaced by
+ * `tag` when one is given, else "latest"; undefined without a repository.
+ */
+export function commitReference(repository?: string, tag?: string): Reference | undefined {
+  if (repository === undefined || repository === '') return undefined;
+  let ref = parseNormalizedNamed(repository);
+  if (ref.digest !== undefined) throw new InvalidParameterError('cannot commit to digest reference');
+  if (tag !== undefined && tag !== '') {
+    if (!isValidTag(tag)) throw new InvalidParameterError('invalid tag format');
+    ref = { domain: ref.domain, path: ref.path, tag };
+  }
+  if (ref.tag === undefined) ref = { ...ref, tag: 'latest' };
+  return ref;
+}
+
 /** Validates what dockerd checks before touching the container (its order and texts). */
 export function planCommit(request: CommitRequest): CommitPlan {
-  let ref: Reference | undefined;
-  if (request.repository !== undefined && request.repository !== '') {
-    ref = parseNormalizedNamed(request.repository);
-    if (ref.digest !== undefined) throw new InvalidParameterError('cannot commit to digest reference');
-    if (request.tag !== undefined && request.tag !== '') {
-      if (!isValidTag(request.tag)) throw new InvalidParameterError('invalid tag format');
-      ref = { domain: ref.domain, path: ref.path, tag: request.tag };
-    }
-    if (ref.tag === undefined) ref = { ...ref, tag: 'latest' };
-  }
+  const ref = commitReference(request.repository, request.tag);
   const config = applyChanges(request.changes ?? [], structuredClone(request.containerConfig));
   return { ref, config };
 }
