@@ -339,7 +339,8 @@ export class HealthcheckService {
     if (!this.monitors.has(id)) return;
     await this.end(id);
     const health = this.containers.healthTarget(id)?.health;
-    if (!health) return;
+    // On `die` the container service already wrote "unhealthy" with the exit (containers.ts).
+    if (!health || health.status === 'unhealthy') return;
     await this.containers
       .setHealth(id, { ...health, status: 'unhealthy' }, 'stopped')
       .catch((err: unknown) => this.log.warn('health state not recorded', { id, error: String(err) }));

@@ -334,8 +334,7 @@ export class AgentClient {
   }
 
   private unary<Res>(method: string, request: object, timeoutMs: number | null): Promise<Res> {
-    if (this.closed)
-      return Promise.reject(new UnavailableError(`agent client for ${this.opts.socketPath} is closed`));
+    if (this.closed) return Promise.reject(this.closedError());
     const fn = (this.client as unknown as Record<string, UnaryMethod>)[method];
     if (!fn) return Promise.reject(new SystemError(`agent has no method ${method}`));
     const options: grpc.CallOptions = timeoutMs === null ? {} : { deadline: Date.now() + timeoutMs };
@@ -353,6 +352,19 @@ export class AgentClient {
       );
       this.active.add(call);
     });
+  }
+
+  /** Opens a server-streaming call, tracked so that close() cancels it. */
+  private serverStream(method: string, request: object): grpc.ClientReadableStream<unknown> {
+    const fn = (this.client as unknown as Record<string, StreamMethod>)[method] as StreamMethod;
+    const call = fn.call(this.client, request);
+    this.active.add(call);
+    call.on('status', () => this.active.delete(call));
+    return call;
+  }
+
+  private closedError(): UnavailableError {
+    return new UnavailableError(`agent client for ${this.opts.socketPath} is closed`);
   }
 
   // ---- health -------------------------------------------------------------------------------
@@ -430,15 +442,12 @@ export class AgentClient {
    * mapped error) if the stream breaks. Destroying it cancels the call.
    */
   readOutput(containerId: string, execId = ''): Readable {
-    const fn = (this.client as unknown as Record<string, StreamMethod>).ReadOutput as StreamMethod;
     if (this.closed) {
       const failed = new Readable({ objectMode: true, read() {} });
-      failed.destroy(new UnavailableError(`agent client for ${this.opts.socketPath} is closed`));
+      failed.destroy(this.closedError());
       return failed;
     }
-    const call = fn.call(this.client, { container_id: containerId, exec_id: execId });
-    this.active.add(call);
-    call.on('status', () => this.active.delete(call));
+    const call = this.serverStream('ReadOutput', { container_id: containerId, exec_id: execId });
     const out = new Transform({
       objectMode: true,
       transform(msg: { stream: number; data: Buffer }, _enc, done) {
@@ -473,20 +482,17 @@ export class AgentClient {
 
   /** The tar bytes of ArchiveOut; a mapped error destroys the stream. Destroying it cancels the call. */
   archiveOut(containerId: string, p: string, containerName: string, wholeRootfs: boolean): Readable {
-    const fn = (this.client as unknown as Record<string, StreamMethod>).ArchiveOut as StreamMethod;
     if (this.closed) {
       const failed = new Readable({ read() {} });
-      failed.destroy(new UnavailableError(`agent client for ${this.opts.socketPath} is closed`));
+      failed.destroy(this.closedError());
       return failed;
     }
-    const call = fn.call(this.client, {
+    const call = this.serverStream('ArchiveOut', {
       container_id: containerId,
       path: p,
       container_name: containerName,
       whole_rootfs: wholeRootfs,
     });
-    this.active.add(call);
-    call.on('status', () => this.active.delete(call));
     const out = new Transform({
       readableObjectMode: false,
       writableObjectMode: true,
@@ -514,8 +520,7 @@ export class AgentClient {
       callback: (err: grpc.ServiceError | null) => void,
     ) => grpc.ClientWritableStream<unknown>;
     const fn = (this.client as unknown as Record<string, ClientStream>).ArchiveIn as ClientStream;
-    if (this.closed)
-      return Promise.reject(new UnavailableError(`agent client for ${this.opts.socketPath} is closed`));
+    if (this.closed) return Promise.reject(this.closedError());
     return new Promise<void>((resolve, reject) => {
       let settled = false;
       const call = fn.call(this.client, new grpc.Metadata(), {}, (err) => {
@@ -593,10 +598,8 @@ export class AgentClient {
    * exit was reported (the VM or the connection went away).
    */
   runExec(p: ExecProcessParams): Promise<StartedExec> {
-    if (this.closed)
-      return Promise.reject(new UnavailableError(`agent client for ${this.opts.socketPath} is closed`));
-    const fn = (this.client as unknown as Record<string, StreamMethod>).RunExec as StreamMethod;
-    const call = fn.call(this.client, {
+    if (this.closed) return Promise.reject(this.closedError());
+    const call = this.serverStream('RunExec', {
       container_id: p.containerId,
       exec_id: p.execId,
       args: p.args,
@@ -608,8 +611,6 @@ export class AgentClient {
       terminal_rows: p.terminalRows ?? 0,
       terminal_cols: p.terminalCols ?? 0,
     });
-    this.active.add(call);
-    call.on('status', () => this.active.delete(call));
     let settleExit!: { resolve: (r: ExitResult) => void; reject: (e: Error) => void };
     const exited = new Promise<ExitResult>((resolve, reject) => (settleExit = { resolve, reject }));
     // Nobody waits on it when the start fails.

@@ -20,7 +20,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants as osConstants } from 'node:os';
-import { promises as fs, readFileSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
+import { promises as fs, watch, writeFileSync, type FSWatcher } from 'node:fs';
 import path from 'node:path';
 import { AgentError } from './errors';
 import { ProcessIO, type OutputSink } from './process-io';
@@ -46,7 +46,7 @@ export interface ContainerManagerOptions {
   /** Where cgroup2 is mounted (default /sys/fs/cgroup): containers' cgroups, OOM kills, stats. */
   cgroupRoot?: string;
   /**
-   * The agent protected itself from the OOM killer (oom_score_adj -1000, main.ts): crun must then
+   * The agent protected itself from the OOM killer (AGENT_OOM_SCORE_ADJ, main.ts): crun must then
    * start at 0, or the container inherits -1000 (crun does not write the spec's oomScoreAdj of 0)
    * and a container that exhausts the VM's memory leaves the kernel nothing to kill but panics.
    */
@@ -107,6 +107,8 @@ async function spawnRuntime(
 }
 
 const OOM_SCORE_ADJ = '/proc/self/oom_score_adj';
+/** What the agent sets for itself in the guest (main.ts) and restores after each spawn. */
+export const AGENT_OOM_SCORE_ADJ = -1000;
 
 /**
  * Runs `spawnChild` with the agent's oom_score_adj at 0 (see resetOomScoreAdj). The child copies
@@ -119,12 +121,11 @@ function spawnOutsideOomProtection(
   spawnChild: () => ChildProcess,
 ): ChildProcess {
   if (!opts.resetOomScoreAdj) return spawnChild();
-  const protectedValue = readFileSync(OOM_SCORE_ADJ, 'utf8').trim();
   writeFileSync(OOM_SCORE_ADJ, '0');
   try {
     return spawnChild();
   } finally {
-    writeFileSync(OOM_SCORE_ADJ, protectedValue);
+    writeFileSync(OOM_SCORE_ADJ, String(AGENT_OOM_SCORE_ADJ));
   }
 }
 

@@ -30,7 +30,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import v8 from 'node:v8';
-import { ContainerManager } from './containers';
+import { AGENT_OOM_SCORE_ADJ, ContainerManager } from './containers';
 import { createAgentService, uptimeMs, type AgentTimes } from './server';
 import { findVirtioPort, VirtioBridge } from './virtio-bridge';
 
@@ -104,7 +104,7 @@ async function dockerNetworkSysctls(): Promise<void> {
  */
 async function protectFromOomKiller(): Promise<boolean> {
   try {
-    await fs.writeFile('/proc/self/oom_score_adj', '-1000');
+    await fs.writeFile('/proc/self/oom_score_adj', String(AGENT_OOM_SCORE_ADJ));
     return true;
   } catch (err) {
     log('cannot set oom_score_adj', { error: (err as Error).message });
