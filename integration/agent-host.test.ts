@@ -7,7 +7,9 @@
  * crun runs through a wrapper: this host mounts cgroups in hybrid v1/v2 mode, which crun refuses,
  * and lacks CAP_SYS_RESOURCE (crun raises RLIMIT_MEMLOCK for its device-cgroup eBPF program). The
  * wrapper gives crun a cgroup2-only /sys/fs/cgroup in a private mount namespace and no cgroup
- * manager; in the guest, crun runs as is (pure cgroup2, every capability).
+ * manager; in the guest, crun runs as is (pure cgroup2, every capability). capsule-exec (execs
+ * without a terminal) is built from guest/exec/ with gcc and runs through the same kind of wrapper:
+ * it joins the container's cgroup, which it finds under a cgroup2 /sys/fs/cgroup.
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -24,6 +26,7 @@ import type { OutputChunk } from '../runtime/types';
 const ROOT = path.resolve(__dirname, '../..');
 const BUNDLE = path.join(ROOT, 'build/guest/agent.js');
 const BUSYBOX = '/bin/busybox';
+const EXEC_HELPER_SOURCE = path.join(ROOT, 'guest/exec/capsule-exec.c');
 
 function requirePrerequisites(): void {
   const missing: string[] = [];
@@ -33,6 +36,7 @@ function requirePrerequisites(): void {
   else if (spawnSync('ldd', [BUSYBOX]).status === 0) missing.push(`a static ${BUSYBOX} (busybox-static)`);
   if (spawnSync('crun', ['--version']).status !== 0) missing.push('crun');
   if (spawnSync('unshare', ['--version']).status !== 0) missing.push('unshare (util-linux)');
+  if (spawnSync('gcc', ['--version']).status !== 0) missing.push('gcc (capsule-exec)');
   if (missing.length > 0) throw new Error(`agent-host test prerequisites missing: ${missing.join(', ')}`);
 }
 
@@ -60,6 +64,11 @@ async function buildRootfs(dir: string): Promise<void> {
 const CRUN_WRAPPER = `#!/bin/sh
 # Test-only: crun with a cgroup2-only view and no cgroup manager (see agent-host.test.ts).
 exec unshare -m sh -c 'umount -l /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && exec crun --cgroup-manager=disabled "$@"' crun "$@"
+`;
+
+const EXEC_HELPER_WRAPPER = (helper: string) => `#!/bin/sh
+# Test-only: capsule-exec with a cgroup2-only view (see agent-host.test.ts).
+exec unshare -m sh -c 'umount -l /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && exec "$0" "$@"' ${helper} "$@"
 `;
 
 interface RunOptions {
@@ -90,6 +99,17 @@ describe('guest agent on the host (real crun)', { timeout: 180_000 }, () => {
     await buildRootfs(rootfs);
     const crun = path.join(dir, 'crun');
     await fs.writeFile(crun, CRUN_WRAPPER, { mode: 0o755 });
+    const helperBinary = path.join(dir, 'capsule-exec.bin');
+    const gcc = spawnSync(
+      'gcc',
+      ['-O2', '-Wall', '-Werror', '-static', '-o', helperBinary, EXEC_HELPER_SOURCE],
+      {
+        encoding: 'utf8',
+      },
+    );
+    assert.equal(gcc.status, 0, `gcc capsule-exec: ${gcc.stderr}`);
+    const helper = path.join(dir, 'capsule-exec');
+    await fs.writeFile(helper, EXEC_HELPER_WRAPPER(helperBinary), { mode: 0o755 });
     const socketPath = path.join(dir, 'agent.sock');
     const t0 = Date.now();
     agent = spawn(process.execPath, ['--jitless', BUNDLE], {
@@ -99,6 +119,7 @@ describe('guest agent on the host (real crun)', { timeout: 180_000 }, () => {
         CAPSULE_BUNDLE_DIR: path.join(dir, 'bundles'),
         CAPSULE_CRUN: crun,
         CAPSULE_CRUN_ROOT: path.join(dir, 'crun-state'),
+        CAPSULE_EXEC_HELPER: helper,
         CAPSULE_WARMUP_DIR: path.join(dir, 'warm-up'),
         CAPSULE_WARMUP_BUSYBOX: BUSYBOX,
       },
@@ -322,6 +343,65 @@ describe('guest agent on the host (real crun)', { timeout: 180_000 }, () => {
       );
     assert.match(String(failed), /executable file not found in \$PATH/);
     assert.equal(exitCodeOf(failed), 126);
+    await client.signalProcess(run.id, '', 9);
+    await client.waitProcess(run.id);
+    await run.ended;
+  });
+
+  it('capsule-exec sets up an exec as `crun exec` does (namespaces, credentials, capabilities, limits)', async () => {
+    const run = await start(['sh', '-c', 'echo ready; sleep 1000'], { user: 'user' });
+    await waitForOutput(run, 'ready');
+    const probe = [
+      'grep -E "^(Uid|Gid|Groups|Cap...|NoNewPrivs|Seccomp|SigBlk|SigIgn|Umask)" /proc/self/status',
+      'for n in pid mnt uts ipc; do readlink /proc/self/ns/$n; done',
+      'cat /proc/self/oom_score_adj; ulimit -a; pwd; id; hostname; echo "$HOME $A"',
+      'cut -d" " -f5,6 /proc/self/stat',
+    ].join('; ');
+    const viaHelper = async (user: string) => {
+      const started = await client.runExec({
+        containerId: run.id,
+        execId: `parity-${user || 'default'}`,
+        args: ['sh', '-c', probe],
+        env: ['PATH=/bin', 'A=1'],
+        workingDir: '/tmp',
+        user,
+        openStdin: false,
+        tty: false,
+      });
+      const chunks: OutputChunk[] = [];
+      for await (const chunk of started.output) chunks.push(chunk as OutputChunk);
+      assert.equal((await started.exited).exitCode, 0, Buffer.concat(chunks.map((c) => c.data)).toString());
+      return Buffer.concat(chunks.filter((c) => c.stream === 1).map((c) => c.data)).toString('utf8');
+    };
+    // crun exec with the process the agent would have written for it: config.json's, with the
+    // exec's args, env, cwd and user (resolved as the agent resolves them: uid, gid, groups).
+    const config = JSON.parse(
+      await fs.readFile(path.join(dir, 'bundles', run.id, 'config.json'), 'utf8'),
+    ) as { process: Record<string, unknown> };
+    const viaCrun = (user: { uid: number; gid: number; additionalGids: number[] }, home: string) => {
+      const processFile = path.join(dir, `parity-${user.uid}.json`);
+      const proc = {
+        ...config.process,
+        args: ['sh', '-c', probe],
+        env: ['PATH=/bin', 'A=1', `HOME=${home}`],
+        cwd: '/tmp',
+        user,
+      };
+      return fs.writeFile(processFile, JSON.stringify(proc)).then(() => {
+        const r = spawnSync(
+          path.join(dir, 'crun'),
+          ['--root', path.join(dir, 'crun-state'), 'exec', '--process', processFile, run.id],
+          { encoding: 'utf8' },
+        );
+        assert.equal(r.status, 0, r.stderr);
+        return r.stdout;
+      });
+    };
+    assert.equal(
+      await viaHelper(''),
+      await viaCrun({ uid: 1000, gid: 1000, additionalGids: [1000, 50] }, '/home/user'),
+    );
+    assert.equal(await viaHelper('0'), await viaCrun({ uid: 0, gid: 0, additionalGids: [0, 10] }, '/root'));
     await client.signalProcess(run.id, '', 9);
     await client.waitProcess(run.id);
     await run.ended;

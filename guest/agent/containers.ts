@@ -25,6 +25,13 @@ import path from 'node:path';
 import { AgentError } from './errors';
 import { ProcessIO, type OutputSink } from './process-io';
 import { mkdirAllInRoot, readFileInRoot, waitForRootfs } from './rootfs-path';
+import {
+  execHelperArgs,
+  helperNamespaces,
+  readHelperStatus,
+  spawnExecHelper,
+  type ExecProcessSpec,
+} from './exec-helper';
 import { crunLogErrors, translateExecFailure, translateStartFailure } from './start-failure';
 import { parseGroup, parsePasswd, resolveUser, UserLookupError, type ResolvedUser } from './users';
 
@@ -55,12 +62,31 @@ export interface ContainerManagerOptions {
   consolePath?: string;
   /** Where console sockets are made (short paths: sun_path); default <bundlesDir>/../console. */
   consoleSocketDir?: string;
+  /** capsule-exec (execs without a terminal); default: next to crun when crunPath is absolute, else on PATH. */
+  execHelperPath?: string;
+}
+
+/** What an exec is started in, and with. */
+interface ExecTarget {
+  containerId: string;
+  /** The container's init, in the agent's pid namespace. */
+  initPid: number;
+  /** /proc/PID/ns names for capsule-exec; undefined: the exec goes through crun. */
+  helperNamespaces: string[] | undefined;
+  process: ExecProcessSpec;
 }
 
 /** A terminal's size; 0 leaves it as the runtime made it. */
 export interface TerminalSize {
   rows: number;
   cols: number;
+}
+
+function execHelperPathOf(opts: ContainerManagerOptions): string {
+  if (opts.execHelperPath) return opts.execHelperPath;
+  return path.isAbsolute(opts.crunPath)
+    ? path.join(path.dirname(opts.crunPath), 'capsule-exec')
+    : 'capsule-exec';
 }
 
 function consolePathOf(opts: ContainerManagerOptions): string {
@@ -180,7 +206,21 @@ interface OciSpecShape {
     user?: Record<string, unknown>;
   };
   root?: Record<string, unknown>;
-  linux?: { cgroupsPath?: unknown };
+  linux?: { cgroupsPath?: unknown; namespaces?: unknown };
+}
+
+/** The spec's namespaces as capsule-exec joins them, or undefined when it cannot (exec-helper.ts). */
+function namespacesOf(spec: OciSpecShape): string[] | undefined {
+  const list = spec.linux?.namespaces;
+  if (!Array.isArray(list)) return undefined;
+  const types: string[] = [];
+  for (const ns of list as unknown[]) {
+    const entry = ns as { type?: unknown; path?: unknown } | null;
+    // A namespace joined by path is one crun sets up from outside the container: leave it to crun.
+    if (typeof entry?.type !== 'string' || entry.path !== undefined) return undefined;
+    types.push(entry.type);
+  }
+  return helperNamespaces(types);
 }
 
 function deferred<T>(): { promise: Promise<T>; resolve: (v: T) => void } {
@@ -323,8 +363,57 @@ class Exec {
     return this.pid;
   }
 
-  /** Starts the process; resolves with its pid, or rejects with dockerd's message and status 126. */
-  async start(containerId: string): Promise<number> {
+  /**
+   * Starts the process; resolves with its pid, or rejects with dockerd's message and status 126.
+   * Without a terminal, and when capsule-exec can join the container's namespaces, it starts the
+   * process (exec-helper.ts); else `crun exec` does, with the process.json written in the exec's dir.
+   */
+  async start(target: ExecTarget): Promise<number> {
+    const pid =
+      this.terminal === undefined && target.helperNamespaces !== undefined
+        ? await this.startWithHelper(target.initPid, target.helperNamespaces, target.process)
+        : await this.startWithCrun(target.containerId, target.process);
+    this.pid = pid;
+    this.startTime = await processStartTime(pid);
+    return pid;
+  }
+
+  private async startWithHelper(
+    initPid: number,
+    namespaces: string[],
+    proc: ExecProcessSpec,
+  ): Promise<number> {
+    const argv = execHelperArgs(initPid, namespaces, proc);
+    const helperPath = execHelperPathOf(this.opts);
+    const child = spawnOutsideOomProtection(this.opts, () =>
+      spawnExecHelper(helperPath, argv, this.io.openStdin),
+    );
+    const exit = crunExit(child);
+    this.io.wire(child, false);
+    const status = await readHelperStatus(child);
+    if (status === undefined || 'error' in status) {
+      const result = await exit;
+      this.fail();
+      if (result instanceof Error) {
+        throw new AgentError('Internal', `cannot run ${helperPath}: ${result.message}`, 126);
+      }
+      if (status === undefined) {
+        throw new AgentError(
+          'Internal',
+          `${helperPath} exited with status ${result.exitCode} before starting the process`,
+          126,
+        );
+      }
+      // Worded as crun's own errors: the same translation into dockerd's message applies.
+      const failure = translateExecFailure(status.error, this.executable);
+      throw new AgentError(failure.invalidConfig ? 'FailedPrecondition' : 'Unknown', failure.message, 126);
+    }
+    this.followExit(exit);
+    return status.pid;
+  }
+
+  private async startWithCrun(containerId: string, proc: ExecProcessSpec): Promise<number> {
+    await fs.writeFile(path.join(this.dir, 'process.json'), JSON.stringify(proc), { mode: 0o600 });
     const pidFile = path.join(this.dir, 'pid');
     const logFile = path.join(this.dir, 'crun.log');
     const { child, consoleSocket } = await spawnRuntime(
@@ -364,8 +453,11 @@ class Exec {
       const failure = translateExecFailure(await lastCrunError(logFile, status.exitCode), this.executable);
       throw new AgentError(failure.invalidConfig ? 'FailedPrecondition' : 'Unknown', failure.message, 126);
     }
-    this.pid = pid;
-    this.startTime = await processStartTime(pid);
+    this.followExit(exit);
+    return pid;
+  }
+
+  private followExit(exit: Promise<ExitStatus | Error>): void {
     void exit.then((status) => {
       const result: ExitStatus = status instanceof Error ? { exitCode: 126, oomKilled: false } : status;
       this.opts.log('exec exited', { exec: this.id, exitCode: result.exitCode });
@@ -373,7 +465,6 @@ class Exec {
       this.io.markExited();
       this.outcome.resolve(result);
     });
-    return pid;
   }
 
   private fail() {
@@ -425,9 +516,16 @@ class Container {
     readonly baseProcess: Record<string, unknown>,
     /** The container's cgroup dir (crun's cgroupsPath under the cgroup2 mount). */
     readonly cgroupDir: string,
+    /** The namespaces an exec joins, for capsule-exec (undefined: execs go through crun). */
+    readonly helperNamespaces: string[] | undefined,
     private readonly terminal?: TerminalSize,
   ) {
     this.io = new ProcessIO(`container ${id}`, openStdin, opts.log);
+  }
+
+  /** The init's pid while the container runs. */
+  get runningInitPid(): number | undefined {
+    return this.state === 'running' && !this.exited ? this.initPid : undefined;
   }
 
   private get pidFile() {
@@ -699,6 +797,7 @@ export class ContainerManager {
       rootfs,
       { ...proc, user: { ...proc.user, username: params.user } },
       path.join(this.cgroupRoot, cgroupsPath),
+      namespacesOf(spec),
       terminal,
     );
   }
@@ -843,11 +942,19 @@ export class ContainerManager {
       await fs.rm(dir, { recursive: true, force: true });
       await fs.mkdir(dir, { recursive: true, mode: 0o700 });
     });
-    await fs.writeFile(path.join(dir, 'process.json'), JSON.stringify(processSpec), { mode: 0o600 });
     const exec = new Exec(execId, dir, params.openStdin, params.args[0] as string, this.opts, terminal);
     container.execs.set(execId, exec);
     try {
-      const pid = await exec.start(container.id);
+      const initPid = container.runningInitPid;
+      if (initPid === undefined) {
+        throw new AgentError('FailedPrecondition', `container ${container.id} is not running`, 126);
+      }
+      const pid = await exec.start({
+        containerId: container.id,
+        initPid,
+        helperNamespaces: container.helperNamespaces,
+        process: processSpec as ExecProcessSpec,
+      });
       this.opts.log('exec started', { id: container.id, exec: execId, pid });
       return pid;
     } catch (err) {

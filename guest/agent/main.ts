@@ -19,6 +19,8 @@
  *   CAPSULE_CRUN          the OCI runtime binary (default crun); CAPSULE_CRUN_ROOT its state dir
  *                         (default /run/crun); capsule-console (terminals) is taken from the same
  *                         directory when CAPSULE_CRUN is absolute (the agent disk's bin dir)
+ *   CAPSULE_EXEC_HELPER   capsule-exec (execs without a terminal; default: beside crun, as
+ *                         capsule-console)
  *   CAPSULE_AGENT_STARTED a file created as soon as serve() runs (/init: the snapshot was usable)
  *   CAPSULE_WARMUP_DIR    scratch dir of WarmUp (default /run/capsule/warm-up);
  *   CAPSULE_WARMUP_BUSYBOX the static busybox WarmUp copies there (default /bin/busybox)
@@ -138,6 +140,7 @@ async function serve(fromSnapshot: boolean): Promise<void> {
     warmUpDir: process.env.CAPSULE_WARMUP_DIR,
     warmUpBusybox: process.env.CAPSULE_WARMUP_BUSYBOX,
     resetOomScoreAdj: oomProtected,
+    execHelperPath: process.env.CAPSULE_EXEC_HELPER,
   });
   const server = new grpc.Server();
   // Next to crun on the agent disk (guest/assets/build.sh), like capsule-console.

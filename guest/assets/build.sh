@@ -304,8 +304,11 @@ CONSOLE_BIN=$OUT/capsule-console
 # clock_settime).
 build_static_helper capsule-setclock "$ROOT/guest/clock/capsule-setclock.c"
 SETCLOCK_BIN=$OUT/capsule-setclock
+# capsule-exec (guest/exec/): starts an exec without a terminal in one fork, instead of crun exec.
+build_static_helper capsule-exec "$ROOT/guest/exec/capsule-exec.c"
+EXEC_BIN=$OUT/capsule-exec
 agent_inputs="$BUILD_SH_SHA $(sha "$NODE_BIN") $(sha "$CRUN_BIN") $(sha "$AGENT_PROTO") flags:$NODE_FLAGS"
-agent_inputs+=" console:$(sha "$CONSOLE_BIN") setclock:$(sha "$SETCLOCK_BIN") tini:$(sha "$TINI_BIN")"
+agent_inputs+=" console:$(sha "$CONSOLE_BIN") setclock:$(sha "$SETCLOCK_BIN") exec:$(sha "$EXEC_BIN") tini:$(sha "$TINI_BIN")"
 if [[ -f $AGENT_JS ]]; then agent_inputs+=" $(sha "$AGENT_JS")"; else agent_inputs+=" stub"; fi
 # The snapshot also depends on the VM that builds it: its builder, the initramfs and QEMU's CPU model.
 snapshot_builder=$ROOT/dist/runtime/agent-snapshot.js
@@ -333,6 +336,7 @@ if [[ ! -f $OUT/agent.img || "$(cat "$OUT/.agent.hash" 2>/dev/null)" != "$agent_
   cp "$TINI_BIN" "$stage/bin/tini"
   cp "$CONSOLE_BIN" "$stage/bin/capsule-console"
   cp "$SETCLOCK_BIN" "$stage/bin/capsule-setclock"
+  cp "$EXEC_BIN" "$stage/bin/capsule-exec"
   for lib in "${LIBS[@]}"; do cp -L "$lib" "$stage/lib/$(basename "$lib")"; done
   cp "$AGENT_PROTO" "$stage/agent.proto"
   if [[ -f $AGENT_JS ]]; then
