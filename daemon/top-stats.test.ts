@@ -29,6 +29,11 @@ function proc(over: Partial<GuestProcess> = {}): GuestProcess {
     rssKb: 1440,
     lockedKb: 0,
     memTotalKb: 256 * 1024,
+    flags: 0x40_4100,
+    priority: 20,
+    processor: 1,
+    wchan: 'hrtimer_nanosleep',
+    threads: [],
     ...over,
   };
 }
@@ -277,19 +282,104 @@ describe('docker top errors as dockerd words them (500)', () => {
   });
 
   it('what Capsule cannot format is named, never answered with the default columns', () => {
-    psFails('-L', /^ps: the option -L is not supported by Capsule/);
-    psFails('-eLf', /^ps: the option -L is not supported/);
-    psFails('-p 1', /^ps: the option -p is not supported/);
+    psFails('-p 1', /^ps: the option -p is not supported by Capsule/);
     psFails('fx', /^ps: the option f is not supported/);
-    psFails('-o pid,wchan', /^ps: the format specifier "wchan" is not supported/);
+    psFails('-f x', /^ps: a UNIX format \(-f, -F, -l, -j\) with BSD options is not supported/);
+    psFails('-o pid,pending', /^ps: the format specifier "pending" is not supported/);
     psFails('--sort=pid', /^ps: the option --sort is not supported/);
   });
 
+  it("procps' own errors for -y without -l and for -L with -T", () => {
+    psFails('-y', 'ps: error: modifier -y without format -l makes no sense');
+    psFails('-jy', 'ps: error: modifier -y without format -l makes no sense');
+    psFails('-LT', "ps: error: thread flags conflict; can't use both -L and -T");
+  });
+
   it('parsePsArgs defaults to -ef', () => {
+    const format = parsePsArgs('');
     assert.deepEqual(
-      parsePsArgs('').map((c) => c.header),
+      format.columns.map((c) => c.header),
       TOP_TITLES,
     );
+    assert.equal(format.threads, false);
+  });
+});
+
+describe('docker top: -F, -l, -j, -y and their combinations (headers as procps 4.0.2 prints them)', () => {
+  const headers: [string, string][] = [
+    ['-e', 'PID TTY TIME CMD'],
+    ['-l', 'F S UID PID PPID C PRI NI ADDR SZ WCHAN TTY TIME CMD'],
+    ['-lf', 'F S UID PID PPID C PRI NI ADDR SZ WCHAN STIME TTY TIME CMD'],
+    ['-ly', 'S UID PID PPID C PRI NI RSS SZ WCHAN TTY TIME CMD'],
+    ['-F', 'UID PID PPID C SZ RSS PSR STIME TTY TIME CMD'],
+    ['-Fl', 'F S UID PID PPID C PRI NI ADDR SZ WCHAN RSS PSR STIME TTY TIME CMD'],
+    ['-j', 'PID PGID SID TTY TIME CMD'],
+    ['-jf', 'UID PID PPID PGID SID C STIME TTY TIME CMD'],
+    ['-jl', 'F S UID PID PPID PGID SID C PRI NI ADDR SZ WCHAN TTY TIME CMD'],
+    ['-jF', 'UID PID PPID PGID SID C SZ RSS PSR STIME TTY TIME CMD'],
+    ['-lFj', 'F S UID PID PPID PGID SID C PRI NI ADDR SZ WCHAN RSS PSR STIME TTY TIME CMD'],
+    ['-L', 'PID LWP TTY TIME CMD'],
+    ['-fL', 'UID PID PPID LWP C NLWP STIME TTY TIME CMD'],
+    ['-eLf', 'UID PID PPID LWP C NLWP STIME TTY TIME CMD'],
+    ['-FL', 'UID PID PPID LWP C NLWP SZ RSS PSR STIME TTY TIME CMD'],
+    ['-lL', 'F S UID PID PPID LWP C PRI NI ADDR SZ WCHAN TTY TIME CMD'],
+    ['-jL', 'PID PGID SID LWP TTY TIME CMD'],
+    ['-T', 'PID SPID TTY TIME CMD'],
+    ['-fT', 'UID PID SPID PPID C STIME TTY TIME CMD'],
+    ['-lT', 'F S UID PID SPID PPID C PRI NI ADDR SZ WCHAN TTY TIME CMD'],
+    ['-FT', 'UID PID SPID PPID C SZ RSS PSR STIME TTY TIME CMD'],
+    ['u -L', 'USER PID LWP %CPU NLWP %MEM VSZ RSS TTY STAT START TIME COMMAND'],
+    ['u -T', 'USER PID SPID %CPU %MEM VSZ RSS TTY STAT START TIME COMMAND'],
+    ['x -L', 'PID LWP TTY STAT TIME COMMAND'],
+    ['x -T', 'PID SPID TTY STAT TIME COMMAND'],
+  ];
+  for (const [psArgs, want] of headers) {
+    it(`${psArgs}: ${want}`, () => assert.equal(top(psArgs).titles.join(' '), want));
+  }
+
+  it('-l values: F from the task flags, PRI 60+priority, ADDR -, SZ in pages, WCHAN cut to 6; -F: RSS, PSR', () => {
+    assert.deepEqual(top('-l').processes, [
+      ['4', 'S', '0', '22311', '22289', '1', '80', '0', '-', '567', 'hrtime', '?', '00:00:00', 'sleep'],
+    ]);
+    assert.deepEqual(top('-F').processes, [
+      ['root', '22311', '22289', '1', '567', '1440', '1', '02:51', '?', '00:00:00', 'sleep 2000'],
+    ]);
+    assert.deepEqual(top('-o pid,f,pri,opri,priority,intpri,psr,sz,addr,wchan').processes, [
+      ['22311', '4', '19', '80', '20', '80', '1', '567', '-', 'hrtimer_nanosleep'],
+    ]);
+    // Not waiting in the kernel: WCHAN is -.
+    assert.equal(top('-o pid,wchan', [proc({ wchan: '0', state: 'R' })]).processes[0]?.[1], '-');
+  });
+
+  it("-L and -T: a row per thread with its own id, name, state and CPU time; NLWP the process's", () => {
+    const threaded = proc({
+      pid: 40,
+      pgid: 40,
+      sid: 40,
+      nlwp: 2,
+      cmd: 'node server.js',
+      comm: 'node',
+      threads: [
+        { tid: 40, comm: 'node', state: 'S', cpuTimeMs: 2000, startTimeSec: Math.floor(NOW / 1000) - 9, elapsedMs: 9_500, nice: 0, flags: 0x40_4100, priority: 20, processor: 0, wchan: 'ep_poll' },
+        { tid: 41, comm: 'libuv-worker', state: 'R', cpuTimeMs: 61_000, startTimeSec: Math.floor(NOW / 1000) - 8, elapsedMs: 8_500, nice: 0, flags: 0x40_4040, priority: 20, processor: 1, wchan: '0' },
+      ],
+    }); // prettier-ignore
+    const single = proc();
+    assert.deepEqual(top('-eLf', [threaded, single]).processes, [
+      ['root', '40', '22289', '40', '22', '2', '02:51', '?', '00:00:02', 'node server.js'],
+      ['root', '40', '22289', '41', '99', '2', '02:51', '?', '00:01:01', 'node server.js'],
+      ['root', '22311', '22289', '22311', '1', '1', '02:51', '?', '00:00:00', 'sleep 2000'],
+    ]);
+    assert.deepEqual(top('-T', [threaded]).processes, [
+      ['40', '40', '?', '00:00:02', 'node'],
+      ['40', '41', '?', '00:01:01', 'libuv-worker'],
+    ]);
+    // Without -L/-T a process is one row whatever its threads, its pid as its LWP.
+    assert.deepEqual(top('-o pid,lwp,nlwp,comm', [threaded]).processes, [['40', '40', '2', 'node']]);
+    assert.deepEqual(top('-L -o pid,lwp,stat,wchan', [threaded]).processes, [
+      ['40', '40', 'Ssl', 'ep_poll'],
+      ['40', '41', 'Rsl', '-'],
+    ]);
   });
 });
 
@@ -324,9 +414,9 @@ describe('ContainerMonitor.top', () => {
     const { monitor, calls } = fakeMonitor(false);
     await assert.rejects(monitor.top('c1', '-o user=PID'), /specifying "user=PID" is not allowed/);
     assert.equal(calls.lookups, 0);
-    await assert.rejects(monitor.top('c1', '-L'), ConflictError);
+    await assert.rejects(monitor.top('c1', '-p 1'), ConflictError);
     const running = fakeMonitor();
-    await assert.rejects(running.monitor.top('c1', '-L'), SystemError);
+    await assert.rejects(running.monitor.top('c1', '-p 1'), SystemError);
     assert.equal(running.calls.top, 0);
   });
 });

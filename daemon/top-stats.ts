@@ -146,23 +146,58 @@ function psStat(p: GuestProcess): string {
   return out;
 }
 
+/**
+ * One row of ps's output: a process, or with -L/-T one of its threads (the thread's own figures
+ * over its process's, `tid` the thread's id; without -L/-T `tid` is the pid).
+ */
+type PsRow = GuestProcess & { tid: number };
+
+/** The rows of `processes`, one per thread when `threads` (ps -L, -T), main thread first. */
+function psRows(processes: GuestProcess[], threads: boolean): PsRow[] {
+  if (!threads) return processes.map((p) => ({ ...p, tid: p.pid }));
+  return processes.flatMap((p) =>
+    p.threads.length === 0
+      ? [{ ...p, tid: p.pid }]
+      : p.threads.map((t) => ({
+          ...p,
+          tid: t.tid,
+          comm: t.comm,
+          state: t.state,
+          cpuTimeMs: t.cpuTimeMs,
+          startTimeSec: t.startTimeSec,
+          elapsedMs: t.elapsedMs,
+          nice: t.nice,
+          flags: t.flags,
+          priority: t.priority,
+          processor: t.processor,
+          wchan: t.wchan,
+        })),
+  );
+}
+
+/** procps' F: the PF_FORKNOEXEC (1) and PF_SUPERPRIV (4) bits of the task flags, in hex. */
+const psFlags = (p: GuestProcess) => ((p.flags >> 6) & 0x7).toString(16);
+/** WCHAN: the kernel function it waits in, `-` when none. */
+const psWchan = (p: GuestProcess) => (p.wchan === '' || p.wchan === '0' ? '-' : p.wchan);
+
 const defunct = (p: GuestProcess) => (p.state === 'Z' ? ' <defunct>' : '');
 const comm: PsValue = (p) => p.comm + defunct(p);
 const args: PsValue = (p) => p.cmd + defunct(p);
 const pid: PsValue = (p) => String(p.pid);
+const tid: PsValue = (p) => String((p as Partial<PsRow>).tid ?? p.pid);
 
 /**
  * The procps format specifiers Capsule computes, with procps' headers. Names are case-sensitive as
- * in procps. Not here (needs figures the guest does not send): scheduling (pri, psr, rtprio,
- * policy), signals, groups, wchan, page faults, namespaces, labels, cgroup.
+ * in procps. Not here (needs figures the guest does not send): scheduling policy and rtprio,
+ * signals, groups, page faults, namespaces, labels, cgroup.
  */
 const PS_FIELDS: Record<string, PsColumn> = {
   pid: { header: 'PID', value: pid },
   tgid: { header: 'TGID', value: pid },
-  // Without -L a process is listed once, as its main thread: the thread id is the pid.
-  lwp: { header: 'LWP', value: pid },
-  spid: { header: 'SPID', value: pid },
-  tid: { header: 'TID', value: pid },
+  // Without -L/-T a process is listed once, as its main thread: the thread id is the pid.
+  lwp: { header: 'LWP', value: tid },
+  spid: { header: 'SPID', value: tid },
+  tid: { header: 'TID', value: tid },
   ppid: { header: 'PPID', value: (p) => String(p.ppid) },
   pgid: { header: 'PGID', value: (p) => String(p.pgid) },
   pgrp: { header: 'PGRP', value: (p) => String(p.pgid) },
@@ -212,18 +247,31 @@ const PS_FIELDS: Record<string, PsColumn> = {
   thcount: { header: 'THCNT', value: (p) => String(p.nlwp) },
   ni: { header: 'NI', value: (p) => String(p.nice) },
   nice: { header: 'NI', value: (p) => String(p.nice) },
+  f: { header: 'F', value: psFlags },
+  flag: { header: 'F', value: psFlags },
+  flags: { header: 'F', value: psFlags },
+  // procps' four ways of showing the priority: the kernel's (20 at nice 0), 39 minus it, 60 plus it.
+  priority: { header: 'PRI', value: (p) => String(p.priority) },
+  pri: { header: 'PRI', value: (p) => String(39 - p.priority) },
+  opri: { header: 'PRI', value: (p) => String(60 + p.priority) },
+  intpri: { header: 'PRI', value: (p) => String(60 + p.priority) },
+  psr: { header: 'PSR', value: (p) => String(p.processor) },
+  // SZ: the virtual size in pages (4 KiB on x86-64).
+  sz: { header: 'SZ', value: (p) => String(Math.floor(p.vszKb / 4)) },
+  addr: { header: 'ADDR', value: () => '-' },
+  wchan: { header: 'WCHAN', value: psWchan },
 };
 
 /** procps specifiers Capsule knows of but cannot compute: a clear error rather than procps' "unknown". */
 const PS_FIELDS_UNSUPPORTED = new Set(
   (
-    'addr alarm blocked bsdstart caught cgname cgroup class cls cmaj_flt cmin_flt cnswap context cp ' +
-    'cputimes cstime cutime drs egid egroup eip esp exe f fgid fgroup flag flags fsgid fsgroup fsuid ' +
-    'fsuser fuid fuser gid group ignored intpri ipcns label lastcpu lsession luid lxc maj_flt majflt ' +
-    'min_flt minflt mntns netns nwchan oom oomadj opri ouid pagein pcap pending pidns policy pri psr pss ' +
-    'rbytes rchars rgid rgroup rops rtprio ruid ruser sched seat sgi_p sgid sgroup sig sigcatch ' +
-    'sigignore sigmask size slice stackp suid supgid supgrp suser svgid svgroup svuid svuser sz trs ' +
-    'tsig tsiz tty4 tty8 uid_hack unit userns utsns uunit wbytes wchan wchars wname wops zone'
+    'alarm blocked bsdstart caught cgname cgroup class cls cmaj_flt cmin_flt cnswap context cp ' +
+    'cputimes cstime cutime drs egid egroup eip esp exe fgid fgroup fsgid fsgroup fsuid fsuser fuid ' +
+    'fuser gid group ignored ipcns label lastcpu lsession luid lxc maj_flt majflt min_flt minflt ' +
+    'mntns netns nwchan oom oomadj ouid pagein pcap pending pidns policy pss rbytes rchars rgid ' +
+    'rgroup rops rtprio ruid ruser sched seat sgi_p sgid sgroup sig sigcatch sigignore sigmask size ' +
+    'slice stackp suid supgid supgrp suser svgid svgroup svuid svuser trs tsig tsiz tty4 tty8 ' +
+    'uid_hack unit userns utsns uunit wbytes wchars wname wops zone'
   ).split(' '),
 );
 
@@ -258,8 +306,6 @@ const USER_FORMAT = [
   'bsdtime',
   'args',
 ].map((n) => col(n));
-/** `ps -e` (UNIX options without a format): PID TTY TIME CMD, CMD the command name. */
-const UNIX_FORMAT = ['pid', 'tname', 'time', 'ucmd'].map((n) => col(n));
 /** `ps ax` (BSD options without a format): PID TTY STAT TIME COMMAND. */
 const BSD_FORMAT = ['pid', 'tname', 'stat', 'bsdtime', 'args'].map((n) => col(n));
 
@@ -306,21 +352,89 @@ const LONG_OPTIONS = new Set(
   ).split(' '),
 );
 
+/** What ps_args ask for: the columns, and whether threads are rows (-L, -T). */
+export interface PsFormat {
+  columns: PsColumn[];
+  threads: boolean;
+}
+
+/** The UNIX format letters procps combines into one default format. */
+interface UnixFormatFlags {
+  full: boolean; // -f
+  extra: boolean; // -F
+  long: boolean; // -l
+  jobs: boolean; // -j
+  noFlags: boolean; // -y (with -l: no F, RSS instead of ADDR)
+  lwp: boolean; // -L
+  spid: boolean; // -T
+}
+
+/**
+ * procps' UNIX default format for a combination of -f, -F, -l, -j, -y, -L and -T (procps 4.0.2,
+ * compared header by header: `ps -l`, `-lf`, `-ly`, `-F`, `-Fl`, `-j`, `-jf`, `-jl`, `-jF`, `-L`, `-fL`,
+ * `-FL`, `-lL`, `-jL`, `-T`, `-fT`, `-lT`, `-FT`).
+ */
+function unixFormat(o: UnixFormatFlags): PsColumn[] {
+  const named = o.full || o.extra;
+  const cols: PsColumn[] = [];
+  if (o.long && !o.noFlags) cols.push(col('f'));
+  if (o.long) cols.push(col('s'));
+  if (named) cols.push(col('user', 'UID'));
+  else if (o.long) cols.push(col('uid'));
+  cols.push(col('pid'));
+  if (o.spid) cols.push(col('spid'));
+  if (named || o.long) cols.push(col('ppid'));
+  if (o.jobs) cols.push(col('pgid'), col('sid'));
+  if (o.lwp) cols.push(col('lwp'));
+  if (named || o.long) cols.push(col('c'));
+  if (o.lwp && named) cols.push(col('nlwp'));
+  if (o.long) {
+    cols.push(col('opri'), col('ni'), o.noFlags ? col('rss') : col('addr'), col('sz'));
+    // procps' -l prints WCHAN in a 6-character column and cuts the name to it.
+    cols.push({ header: 'WCHAN', value: (p, now) => col('wchan').value(p, now).slice(0, 6) });
+  }
+  if (o.extra) {
+    if (!o.long) cols.push(col('sz'));
+    cols.push(col('rss'), col('psr'));
+  }
+  if (named) cols.push(col('stime'));
+  cols.push(col('tname'), col('time'), named ? col('cmd') : col('ucmd'));
+  return cols;
+}
+
 /**
  * The columns `ps <psArgs>` prints, for the options that make sense for one container's processes:
  * selection options (-e, -A, -a, -d, a, x, g) select nothing here, as dockerd passes ps the
- * container's pids; formats: -f, u, -o/o/--format (repeatable), else ps' UNIX or BSD default.
- * Anything else is a 500 that says so, never silently the default columns.
+ * container's pids; formats: -f, -F, -l (-y), -j and their combinations, -L and -T (a row per
+ * thread), u, -o/o/--format (repeatable), else ps' UNIX or BSD default. Anything else is a 500 that
+ * says so, never silently the default columns.
  */
-export function parsePsArgs(psArgs: string): PsColumn[] {
+export function parsePsArgs(psArgs: string): PsFormat {
   const tokens = (psArgs === '' ? '-ef' : psArgs).split(' ').filter((t) => t !== '');
-  let full = false;
+  const unixFlags: UnixFormatFlags = {
+    full: false,
+    extra: false,
+    long: false,
+    jobs: false,
+    noFlags: false,
+    lwp: false,
+    spid: false,
+  };
   let user = false;
   let bsd = false;
   let custom: PsColumn[] | undefined;
   const addList = (list: string | undefined, option: string) => {
     if (list === undefined || list === '') throw psError(`error: format specification must follow ${option}`);
     custom = [...(custom ?? []), ...formatList(list)];
+  };
+  const unixLetters: Record<string, keyof UnixFormatFlags> = {
+    f: 'full',
+    F: 'extra',
+    l: 'long',
+    j: 'jobs',
+    y: 'noFlags',
+    L: 'lwp',
+    T: 'spid',
   };
   for (let i = 0; i < tokens.length; i++) {
     const token = tokens[i] ?? '';
@@ -344,14 +458,45 @@ export function parsePsArgs(psArgs: string): PsColumn[] {
         break;
       }
       if (unix ? 'eAadw'.includes(c) : 'axgw'.includes(c)) continue;
-      if (unix && c === 'f') full = true;
+      const flag = unix ? unixLetters[c] : undefined;
+      if (flag) unixFlags[flag] = true;
       else if (!unix && c === 'u') user = true;
       else throw unsupported(`the option ${unix ? '-' : ''}${c}`);
     }
   }
-  if ((custom ? 1 : 0) + (full ? 1 : 0) + (user ? 1 : 0) > 1)
+  if (unixFlags.noFlags && !unixFlags.long)
+    throw psError('error: modifier -y without format -l makes no sense');
+  if (unixFlags.lwp && unixFlags.spid)
+    throw psError("error: thread flags conflict; can't use both -L and -T");
+  const threads = unixFlags.lwp || unixFlags.spid;
+  const unixFormatAsked = unixFlags.full || unixFlags.extra || unixFlags.long || unixFlags.jobs;
+  if ((custom ? 1 : 0) + (unixFormatAsked ? 1 : 0) + (user ? 1 : 0) > 1)
     throw psError('error: conflicting format options');
-  return custom ?? (full ? FULL_FORMAT : user ? USER_FORMAT : bsd ? BSD_FORMAT : UNIX_FORMAT);
+  if (custom) return { columns: custom, threads };
+  // procps mixes its BSD columns (STAT, BSD TIME) into -f/-l/-j when a BSD option is there too.
+  if (bsd && unixFormatAsked) throw unsupported('a UNIX format (-f, -F, -l, -j) with BSD options');
+  const threadColumn = unixFlags.lwp ? 'lwp' : 'spid';
+  if (user) {
+    // procps: `u -L` also gets NLWP after %CPU; `u -T` does not.
+    const nlwpAfter = unixFlags.lwp ? '%CPU' : undefined;
+    return {
+      columns: threads ? withThreadColumns(USER_FORMAT, threadColumn, nlwpAfter) : USER_FORMAT,
+      threads,
+    };
+  }
+  if (bsd) return { columns: threads ? withThreadColumns(BSD_FORMAT, threadColumn) : BSD_FORMAT, threads };
+  return { columns: unixFormat(unixFlags), threads };
+}
+
+/** A BSD format with -L or -T: LWP (SPID) after PID, and NLWP after `nlwpAfter` when given. */
+function withThreadColumns(format: PsColumn[], threadColumn: 'lwp' | 'spid', nlwpAfter?: string): PsColumn[] {
+  const out: PsColumn[] = [];
+  for (const c of format) {
+    out.push(c);
+    if (c.header === 'PID') out.push(col(threadColumn));
+    if (nlwpAfter !== undefined && c.header === nlwpAfter) out.push(col('nlwp'));
+  }
+  return out;
 }
 
 /**
@@ -361,10 +506,13 @@ export function parsePsArgs(psArgs: string): PsColumn[] {
  */
 export function formatTop(processes: GuestProcess[], psArgs = '', nowMs = Date.now()): TopResult {
   validatePsArgs(psArgs);
-  const columns = parsePsArgs(psArgs);
+  const { columns, threads } = parsePsArgs(psArgs);
   const titles = columns.map((c) => c.header);
   if (!titles.includes('PID')) throw new SystemError("Couldn't find PID field in ps output");
-  return { titles, processes: processes.map((p) => columns.map((c) => c.value(p, nowMs))) };
+  return {
+    titles,
+    processes: psRows(processes, threads).map((p) => columns.map((c) => c.value(p, nowMs))),
+  };
 }
 
 const sleep = (ms: number, signal?: AbortSignal) =>

@@ -196,6 +196,29 @@ describe('docker exec, top and stats with real VMs', () => {
       custom.slice(1).every((l) => /^\d+\s+\S+$/.test(l)) && custom.some((l) => /^\d+\s+sleep$/.test(l)),
       custom.join('\n'),
     );
+    // -l and -eLf: figures only the guest has (task flags, priority, wchan, threads).
+    const long = ok(await docker(['top', name, '-l']))
+      .trim()
+      .split('\n');
+    assert.match(
+      long[0] ?? '',
+      /^F\s+S\s+UID\s+PID\s+PPID\s+C\s+PRI\s+NI\s+ADDR\s+SZ\s+WCHAN\s+TTY\s+TIME\s+CMD$/,
+    );
+    assert.ok(
+      long.some((l) =>
+        /^[0-7]\s+S\s+0\s+\d+\s+\d+\s+\d+\s+80\s+0\s+-\s+[1-9]\d*\s+\S{1,6}\s+\?\s+\S+\s+sleep$/.test(l),
+      ),
+      long.join('\n'),
+    );
+    const threads = ok(await docker(['top', name, '-eLf']))
+      .trim()
+      .split('\n');
+    assert.match(threads[0] ?? '', /^UID\s+PID\s+PPID\s+LWP\s+C\s+NLWP\s+STIME\s+TTY\s+TIME\s+CMD$/);
+    // busybox is single-threaded: one row per process, its LWP its PID.
+    assert.ok(
+      threads.slice(1).every((l) => /^\S+\s+(\d+)\s+\d+\s+\1\s+\d+\s+1\s/.test(l)) && threads.length > 2,
+      threads.join('\n'),
+    );
     const noPid = await docker(['top', name, '-o', 'user,comm']);
     assert.notEqual(noPid.code, 0);
     assert.match(noPid.stderr, /Couldn't find PID field in ps output/);

@@ -695,6 +695,23 @@ export class AgentClient {
         rss_kb: number;
         locked_kb: number;
         mem_total_kb: number;
+        flags?: number;
+        priority?: number;
+        processor?: number;
+        wchan?: string;
+        threads?: {
+          tid: number;
+          comm: string;
+          state: string;
+          cpu_time_ms: number | string;
+          start_time_sec: number | string;
+          elapsed_ms: number | string;
+          nice: number;
+          flags: number;
+          priority: number;
+          processor: number;
+          wchan: string;
+        }[];
       }[];
     }>('ListProcesses', { container_id: containerId }, this.callTimeoutMs);
     return r.processes.map((p) => ({
@@ -718,6 +735,23 @@ export class AgentClient {
       rssKb: Number(p.rss_kb),
       lockedKb: Number(p.locked_kb),
       memTotalKb: Number(p.mem_total_kb),
+      flags: p.flags ?? 0,
+      priority: p.priority ?? 0,
+      processor: p.processor ?? 0,
+      wchan: p.wchan ?? '',
+      threads: (p.threads ?? []).map((t) => ({
+        tid: t.tid,
+        comm: t.comm,
+        state: t.state,
+        cpuTimeMs: Number(t.cpu_time_ms),
+        startTimeSec: Number(t.start_time_sec),
+        elapsedMs: Number(t.elapsed_ms),
+        nice: t.nice,
+        flags: t.flags,
+        priority: t.priority,
+        processor: t.processor,
+        wchan: t.wchan,
+      })),
     }));
   }
 

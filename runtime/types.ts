@@ -174,6 +174,29 @@ export interface GuestProcess {
   lockedKb: number;
   /** The VM's MemTotal (KiB), the same for every process. */
   memTotalKb: number;
+  /** /proc/<pid>/stat's flags, priority (20 = nice 0) and last CPU (ps's F, PRI, PSR). */
+  flags: number;
+  priority: number;
+  processor: number;
+  /** Where it waits in the kernel; "0" or "" when not waiting (ps's WCHAN "-"). */
+  wchan: string;
+  /** Its threads, main thread first, when it has more than one; else empty (ps -L, -T). */
+  threads: GuestThread[];
+}
+
+/** A thread's own figures; the rest of a `ps -L` row is its process's. */
+export interface GuestThread {
+  tid: number;
+  comm: string;
+  state: string;
+  cpuTimeMs: number;
+  startTimeSec: number;
+  elapsedMs: number;
+  nice: number;
+  flags: number;
+  priority: number;
+  processor: number;
+  wchan: string;
 }
 
 /** A container's figures, read in the guest (docker stats). */

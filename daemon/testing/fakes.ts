@@ -904,6 +904,11 @@ export class FakeSandbox implements RunningSandbox {
       rssKb: 1440,
       lockedKb: 0,
       memTotalKb: 256 * 1024,
+      flags: 0x100,
+      priority: 20,
+      processor: 0,
+      wchan: 'do_wait',
+      threads: [],
     }));
   }
 

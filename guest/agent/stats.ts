@@ -49,6 +49,76 @@ export interface ProcessInfo {
   lockedKb: number;
   /** The VM's MemTotal, KiB, the same for every process: ps's %MEM is RSS over it. */
   memTotalKb: number;
+  /** /proc/<pid>/stat's flags, priority and processor (ps's F, PRI, PSR); wchan ("0": not waiting). */
+  flags: number;
+  priority: number;
+  processor: number;
+  wchan: string;
+  /** Every thread, main thread first, when there is more than one (ps -L); else empty. */
+  threads: ThreadInfo[];
+}
+
+/** One thread's own figures (/proc/<pid>/task/<tid>/stat). */
+export interface ThreadInfo {
+  tid: number;
+  comm: string;
+  state: string;
+  cpuTimeMs: number;
+  startTimeSec: number;
+  elapsedSec: number;
+  nice: number;
+  flags: number;
+  priority: number;
+  processor: number;
+  wchan: string;
+}
+
+/** The fields of a /proc stat line a process and a thread share (field numbers as in proc(5)). */
+function parseStat(stat: string, btime: number, nowSec: number) {
+  const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+  // Fields after the command name, starting with field 3 (state).
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const num = (i: number) => Number(f[i - 3] ?? 0);
+  const startTimeSec = btime + num(22) / CLOCK_TICKS;
+  return {
+    comm,
+    num,
+    state: f[0] ?? '?',
+    startTimeSec,
+    cpuTimeMs: Math.round(((num(14) + num(15)) * 1000) / CLOCK_TICKS),
+    elapsedSec: Math.max(0, nowSec - startTimeSec),
+    nice: num(19),
+    flags: num(9),
+    priority: num(18),
+    processor: num(39),
+  };
+}
+
+async function readThreads(pid: number, btime: number, nowSec: number): Promise<ThreadInfo[]> {
+  const tids = (await fs.readdir(`/proc/${pid}/task`).catch(() => []))
+    .map((t) => Number(t))
+    .filter((t) => Number.isInteger(t) && t > 0)
+    .sort((a, b) => (a === pid ? -1 : b === pid ? 1 : a - b));
+  const out: ThreadInfo[] = [];
+  for (const tid of tids) {
+    const stat = await readText(`/proc/${pid}/task/${tid}/stat`);
+    if (stat === undefined) continue;
+    const t = parseStat(stat, btime, nowSec);
+    out.push({
+      tid,
+      comm: t.comm,
+      state: t.state,
+      cpuTimeMs: t.cpuTimeMs,
+      startTimeSec: Math.floor(t.startTimeSec),
+      elapsedSec: t.elapsedSec,
+      nice: t.nice,
+      flags: t.flags,
+      priority: t.priority,
+      processor: t.processor,
+      wchan: ((await readText(`/proc/${pid}/task/${tid}/wchan`)) ?? '0').trim(),
+    });
+  }
+  return out;
 }
 
 async function readText(file: string): Promise<string | undefined> {
@@ -104,10 +174,8 @@ export async function listProcesses(cgroupDir: string, rootfs: string): Promise<
     const stat = await readText(`/proc/${pid}/stat`);
     const status = await readText(`/proc/${pid}/status`);
     if (stat === undefined || status === undefined) continue;
-    const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-    // Fields after the command name, starting with field 3 (state).
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const num = (i: number) => Number(f[i - 3] ?? 0);
+    const t = parseStat(stat, btime, nowSec);
+    const { comm, num } = t;
     const uidLine = /^Uid:\s+(\d+)/m.exec(status);
     const uid = uidLine ? Number(uidLine[1]) : 0;
     // Kernel threads and zombies have no Vm* lines: 0, as ps shows them.
@@ -119,28 +187,33 @@ export async function listProcesses(cgroupDir: string, rootfs: string): Promise<
     const rollup = await readText(`/proc/${pid}/smaps_rollup`);
     const rssKb = rollup !== undefined && /^Rss:/m.test(rollup) ? kb('Rss', rollup) : kb('VmRSS');
     const cmdline = ((await readText(`/proc/${pid}/cmdline`)) ?? '').split('\0').filter((a) => a !== '');
-    const startTimeSec = btime + num(22) / CLOCK_TICKS;
+    const nlwp = num(20);
     out.push({
       pid,
       ppid: num(4),
       uid,
       user: names.get(uid) ?? String(uid),
-      startTimeSec: Math.floor(startTimeSec),
-      cpuTimeMs: Math.round(((num(14) + num(15)) * 1000) / CLOCK_TICKS),
-      elapsedSec: Math.max(0, nowSec - startTimeSec),
+      startTimeSec: Math.floor(t.startTimeSec),
+      cpuTimeMs: t.cpuTimeMs,
+      elapsedSec: t.elapsedSec,
       tty: ttyName(num(7)),
       cmd: cmdline.length > 0 ? cmdline.join(' ') : `[${comm}]`,
       comm,
-      state: f[0] ?? '?',
-      nice: num(19),
+      state: t.state,
+      nice: t.nice,
       pgid: num(5),
       sid: num(6),
       tpgid: num(8),
-      nlwp: num(20),
+      nlwp,
       vszKb: kb('VmSize'),
       rssKb,
       lockedKb: kb('VmLck'),
       memTotalKb,
+      flags: t.flags,
+      priority: t.priority,
+      processor: t.processor,
+      wchan: ((await readText(`/proc/${pid}/wchan`)) ?? '0').trim(),
+      threads: nlwp > 1 ? await readThreads(pid, btime, nowSec) : [],
     });
   }
   return out;
