@@ -29,8 +29,9 @@ const USAGE = `Usage: capsuled [options]
   --config-file FILE         daemon.json-style settings (default ${DEFAULT_CONFIG_FILE}; may be
                              missing unless named here). Keys: hosts, data-root, exec-root,
                              guest-assets, accel, log-level, debug, insecure-registries,
-                             registry-mirrors, max-concurrent-downloads, warm-pool. An option
-                             set both here and by a flag is an error, as with dockerd.
+                             registry-mirrors, max-concurrent-downloads, warm-pool, log-driver,
+                             log-opts. An option set both here and by a flag is an error, as
+                             with dockerd.
   --socket PATH              API unix socket (default /run/capsule/docker.sock; env CAPSULE_SOCKET)
   -H, --host unix://PATH     the same, dockerd's spelling (unix sockets only)
   --data-root DIR            persistent state (default /var/lib/capsule; env CAPSULE_DATA_ROOT)
@@ -44,6 +45,9 @@ const USAGE = `Usage: capsuled [options]
                              env CAPSULE_REGISTRY_MIRRORS)
   --max-concurrent-downloads N   parallel layer downloads per pull (default 3)
   --warm-pool N              VMs kept booted for the next container start (default 1; 0: none)
+  --log-driver json-file     containers' logging driver (json-file is the only one)
+  --log-opt KEY=VALUE        default json-file option of new containers, e.g. max-size=10m,
+                             max-file=3 (repeatable); a container's own --log-opt wins
   --version                  print the version and exit
 `;
 
@@ -63,6 +67,8 @@ function parseFlags(argv: string[]): {
       'registry-mirror': { type: 'string', multiple: true },
       'max-concurrent-downloads': { type: 'string' },
       'warm-pool': { type: 'string' },
+      'log-driver': { type: 'string' },
+      'log-opt': { type: 'string', multiple: true },
       'data-root': { type: 'string' },
       'exec-root': { type: 'string' },
       'guest-assets': { type: 'string' },
@@ -91,6 +97,8 @@ function parseFlags(argv: string[]): {
       registryMirror: values['registry-mirror'],
       maxConcurrentDownloads: values['max-concurrent-downloads'],
       warmPool: values['warm-pool'],
+      logDriver: values['log-driver'],
+      logOpt: values['log-opt'],
     },
     process.env,
     file,
@@ -163,6 +171,8 @@ async function main(): Promise<void> {
     configFile: configFile ?? '(none)',
     registryMirrors: config.registryMirrors,
     insecureRegistries: config.insecureRegistries,
+    logDriver: config.logDriver,
+    logOpts: config.logOpts,
   });
 
   const supervisor = new ProcessSupervisor(log.child({ component: 'supervisor' }));

@@ -3,15 +3,21 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
+import { InvalidParameterError } from '../common/errdefs';
+import { createSilentLogger } from '../common/logger';
 import {
   DEFAULT_CONFIG,
   loadConfigFile,
+  mergeLogOptions,
   parseConfigFile,
   resolveConfig,
   validateInsecureRegistry,
   validateMirror,
   type ConfigFile,
 } from './config';
+import { createDaemon } from './daemon';
+import { FakeImageService, FakeSandboxRuntime } from './testing/fakes';
+import { containerConfig, hostConfig } from './testing/fixture';
 
 describe('daemon config', () => {
   it('has the documented defaults', () => {
@@ -173,5 +179,125 @@ describe('daemon.json configuration file', () => {
     assert.throws(() => resolveConfig({ maxConcurrentDownloads: '0' }), /must be a whole number >= 1/);
     assert.equal(resolveConfig({ warmPool: '0' }).warmPoolSize, 0);
     assert.throws(() => resolveConfig({ warmPool: '-1' }), /--warm-pool: must be a whole number >= 0/);
+  });
+});
+
+describe('daemon.json log-driver and log-opts', () => {
+  const file = (values: Record<string, unknown>, at = 'l.json'): ConfigFile =>
+    parseConfigFile(JSON.stringify(values), at);
+
+  it('log-driver json-file is accepted; any other driver stops the daemon with a clear error', () => {
+    assert.equal(resolveConfig({}, {}, file({ 'log-driver': 'json-file' })).logDriver, 'json-file');
+    assert.equal(resolveConfig({}).logDriver, 'json-file');
+    assert.throws(() => resolveConfig({}, {}, file({ 'log-driver': 'journald' })), {
+      message:
+        'l.json: log-driver: logging driver "journald" is not supported; Capsule has only the json-file driver',
+    });
+    assert.throws(
+      () => resolveConfig({ logDriver: 'syslog' }),
+      /--log-driver: logging driver "syslog" is not supported/,
+    );
+    assert.throws(() => parseConfigFile('{"log-driver":7}', 'n.json'), {
+      message:
+        'unable to configure the Capsule daemon with file n.json: json: cannot unmarshal number into Go struct field Config.log-driver of type string',
+    });
+  });
+
+  it('log-opts become the defaults (keys sorted); unknown keys and bad values stop the daemon', () => {
+    const c = resolveConfig({}, {}, file({ 'log-opts': { 'max-size': '10m', 'max-file': '3' } }));
+    assert.deepEqual(Object.entries(c.logOpts), [
+      ['max-file', '3'],
+      ['max-size', '10m'],
+    ]);
+    assert.deepEqual(resolveConfig({}).logOpts, {});
+    assert.deepEqual(resolveConfig({ logOpt: ['max-size=1m', 'labels=a=b'] }).logOpts, {
+      labels: 'a=b',
+      'max-size': '1m',
+    });
+    // dockerd: "failed to start daemon: failed to set log opts: unknown log opt 'max-sizes' for json-file log driver"
+    assert.throws(() => resolveConfig({}, {}, file({ 'log-opts': { 'max-sizes': '1m' } })), {
+      message:
+        "l.json: log-opts: failed to set log opts: unknown log opt 'max-sizes' for json-file log driver",
+    });
+    assert.throws(
+      () => resolveConfig({}, {}, file({ 'log-opts': { 'max-size': 'lots' } })),
+      /log-opts: failed to set log opts: failed to initialize logging driver: invalid size: 'lots'/,
+    );
+    assert.throws(() => resolveConfig({ logOpt: ['max-size'] }), /--log-opt: invalid value "max-size"/);
+    assert.throws(() => parseConfigFile('{"log-opts":{"max-file":3}}', 'm.json'), {
+      message:
+        'unable to configure the Capsule daemon with file m.json: json: cannot unmarshal number into Go struct field Config.log-opts of type string',
+    });
+    assert.throws(
+      () => parseConfigFile('{"log-opts":["max-file=3"]}', 'm.json'),
+      /cannot unmarshal array into Go struct field Config\.log-opts of type map\[string\]string/,
+    );
+    assert.throws(
+      () => resolveConfig({ logOpt: ['max-size=1m'] }, {}, file({ 'log-opts': { 'max-size': '2m' } })),
+      /log-opts: \(from flag: map\[max-size:1m\], from file: map\[max-size:2m\]\)/,
+    );
+  });
+
+  it("mergeLogOptions: the daemon's options fill the keys a container left unset, the container's win", () => {
+    const defaults = { 'max-size': '10m', 'max-file': '3' };
+    assert.deepEqual(Object.entries(mergeLogOptions({}, defaults)), [
+      ['max-file', '3'],
+      ['max-size', '10m'],
+    ]);
+    assert.deepEqual(mergeLogOptions({ 'max-size': '1m' }, defaults), { 'max-file': '3', 'max-size': '1m' });
+    assert.deepEqual(mergeLogOptions({ 'max-file': '5', compress: 'true' }, {}), {
+      compress: 'true',
+      'max-file': '5',
+    });
+  });
+
+  it('a container created without its own log options gets the daemon log-opts, and inspect shows them', async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'capsule-config-log-'));
+    const config = resolveConfig(
+      { socket: path.join(dir, 's'), dataRoot: path.join(dir, 'data'), execRoot: path.join(dir, 'exec') },
+      {},
+      file({ 'log-driver': 'json-file', 'log-opts': { 'max-size': '10m', 'max-file': '3' } }),
+    );
+    const daemon = await createDaemon({
+      config,
+      log: createSilentLogger(),
+      images: new FakeImageService({ images: [{ ref: 'busybox:latest', config: { Cmd: ['sh'] } }] }),
+      runtime: new FakeSandboxRuntime(),
+    });
+    try {
+      const logConfigOf = async (own: Record<string, string>): Promise<unknown> => {
+        const { id } = await daemon.containerCreate({
+          name: '',
+          config: containerConfig({ cmd: ['true'] }),
+          hostConfig: hostConfig({ logConfig: { type: 'json-file', config: own } }),
+        });
+        const { type, config: opts } = daemon.containerInspect(id).hostConfig.logConfig;
+        return { type, entries: Object.entries(opts) };
+      };
+      // As dockerd 20.10 with this daemon.json: {"Type":"json-file","Config":{"max-file":"3","max-size":"10m"}}.
+      assert.deepEqual(await logConfigOf({}), {
+        type: 'json-file',
+        entries: [
+          ['max-file', '3'],
+          ['max-size', '10m'],
+        ],
+      });
+      assert.deepEqual(await logConfigOf({ 'max-size': '1m' }), {
+        type: 'json-file',
+        entries: [
+          ['max-file', '3'],
+          ['max-size', '1m'],
+        ],
+      });
+      await assert.rejects(
+        logConfigOf({ 'max-sizes': '1m' }),
+        (e: unknown) =>
+          e instanceof InvalidParameterError &&
+          e.message === "unknown log opt 'max-sizes' for json-file log driver",
+      );
+    } finally {
+      await daemon.shutdown();
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   });
 });

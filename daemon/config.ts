@@ -9,7 +9,8 @@
  * file named with `--config-file` must exist.
  */
 import { readFileSync } from 'node:fs';
-import { InvalidParameterError } from '../common/errdefs';
+import { InvalidParameterError, messageOf } from '../common/errdefs';
+import { parseLogOptions, validateLogOptions } from './logs';
 
 export type AccelSetting = 'auto' | 'kvm' | 'tcg';
 
@@ -34,6 +35,13 @@ export interface DaemonConfig {
   maxConcurrentDownloads: number;
   /** VMs kept booted and ready for the next container start; 0 disables the pool. */
   warmPoolSize: number;
+  /** dockerd's `log-driver`: the only driver Capsule has. */
+  logDriver: 'json-file';
+  /**
+   * dockerd's `log-opts`: json-file options every container gets for the keys its own
+   * HostConfig.LogConfig.Config leaves unset (see mergeLogOptions).
+   */
+  logOpts: Record<string, string>;
 }
 
 export const DEFAULT_CONFIG_FILE = '/etc/capsule/daemon.json';
@@ -50,6 +58,8 @@ export const DEFAULT_CONFIG: Readonly<DaemonConfig> = Object.freeze({
   registryMirrors: [],
   maxConcurrentDownloads: 3,
   warmPoolSize: 1,
+  logDriver: 'json-file',
+  logOpts: Object.freeze({}) as Record<string, string>,
 });
 
 /** Values from flags; absent = not given. */
@@ -67,6 +77,9 @@ export interface ConfigFlags {
   registryMirror?: string[];
   maxConcurrentDownloads?: string;
   warmPool?: string;
+  logDriver?: string;
+  /** `--log-opt key=value`, repeatable. */
+  logOpt?: string[];
 }
 
 /** A parsed configuration file: its path and its (type-checked) keys. */
@@ -87,10 +100,12 @@ export interface FileValues {
   'registry-mirrors'?: string[];
   'max-concurrent-downloads'?: number;
   'warm-pool'?: number;
+  'log-driver'?: string;
+  'log-opts'?: Record<string, string>;
 }
 
 type FileKey = keyof FileValues;
-type Kind = 'string' | 'bool' | 'strings' | 'int';
+type Kind = 'string' | 'bool' | 'strings' | 'int' | 'stringMap';
 
 /** Every key the file may hold: its JSON kind and the flags that set the same option. */
 const FILE_KEYS: Record<FileKey, { kind: Kind; flags: Array<keyof ConfigFlags> }> = {
@@ -105,6 +120,8 @@ const FILE_KEYS: Record<FileKey, { kind: Kind; flags: Array<keyof ConfigFlags> }
   'registry-mirrors': { kind: 'strings', flags: ['registryMirror'] },
   'max-concurrent-downloads': { kind: 'int', flags: ['maxConcurrentDownloads'] },
   'warm-pool': { kind: 'int', flags: ['warmPool'] },
+  'log-driver': { kind: 'string', flags: ['logDriver'] },
+  'log-opts': { kind: 'stringMap', flags: ['logOpt'] },
 };
 
 const LOG_LEVELS = new Set(['error', 'warn', 'info', 'http', 'verbose', 'debug', 'silly']);
@@ -117,6 +134,69 @@ function parseAccel(value: string, source: string): AccelSetting {
 function parseLevel(value: string, source: string): string {
   if (LOG_LEVELS.has(value)) return value;
   throw new InvalidParameterError(`${source}: unknown log level "${value}"`);
+}
+
+/**
+ * Capsule has one logging driver. dockerd starts with any name (it could be a plugin) and fails
+ * each container create instead; with no plugins here, refusing to start says it once, clearly.
+ */
+function parseLogDriver(value: string, source: string): 'json-file' {
+  if (value === '' || value === 'json-file') return 'json-file';
+  throw new InvalidParameterError(
+    `${source}: logging driver "${value}" is not supported; Capsule has only the json-file driver`,
+  );
+}
+
+/**
+ * The daemon's default log options, checked as dockerd does at start ("failed to set log opts:
+ * unknown log opt …"); their values too (dockerd checks those at each container start only, so
+ * every container would fail to start later).
+ */
+function checkLogOpts(opts: Record<string, string>, source: string): Record<string, string> {
+  try {
+    validateLogOptions(opts);
+    parseLogOptions(opts);
+  } catch (err) {
+    throw new InvalidParameterError(`${source}: failed to set log opts: ${messageOf(err)}`, { cause: err });
+  }
+  return sortedCopy(opts);
+}
+
+/** Keys in order, as Go writes a map (inspect shows LogConfig.Config that way). */
+function sortedCopy(map: Record<string, string>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const key of Object.keys(map).sort()) out[key] = map[key] as string;
+  return out;
+}
+
+function splitOnce(text: string, sep: string): [string, string] {
+  const at = text.indexOf(sep);
+  return at < 0 ? [text, ''] : [text.slice(0, at), text.slice(at + sep.length)];
+}
+
+/** `--log-opt key=value` flags as a map (a later key wins, as dockerd's map option). */
+function logOptFlags(values: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const v of values) {
+    const [key, value] = splitOnce(v, '=');
+    if (key === '' || !v.includes('=')) {
+      throw new InvalidParameterError(`--log-opt: invalid value "${v}": expected key=value`);
+    }
+    out[key] = value;
+  }
+  return out;
+}
+
+/**
+ * dockerd's mergeAndVerifyLogConfig for json-file (Capsule's only driver): the daemon's log-opts
+ * fill the keys a container's own LogConfig.Config leaves unset, whether its Type was "" or
+ * "json-file"; the container's own values win. Keys sorted, as dockerd's inspect shows them.
+ */
+export function mergeLogOptions(
+  own: Record<string, string>,
+  defaults: Record<string, string>,
+): Record<string, string> {
+  return sortedCopy({ ...defaults, ...own });
 }
 
 function parseCount(value: string | number, source: string, min = 1): number {
@@ -210,7 +290,13 @@ function jsonKind(value: unknown): string {
   return typeof value;
 }
 
-const GO_TYPES: Record<Kind, string> = { string: 'string', bool: 'bool', strings: '[]string', int: 'int' };
+const GO_TYPES: Record<Kind, string> = {
+  string: 'string',
+  bool: 'bool',
+  strings: '[]string',
+  int: 'int',
+  stringMap: 'map[string]string',
+};
 
 /** Type-checks one file value as Go's encoding/json would, with its error text. */
 function checkKind(key: string, kind: Kind, value: unknown): void {
@@ -231,6 +317,12 @@ function checkKind(key: string, kind: Kind, value: unknown): void {
     case 'strings':
       if (!Array.isArray(value)) throw wrong(value, GO_TYPES[kind]);
       for (const item of value) if (typeof item !== 'string') throw wrong(item, 'string');
+      return;
+    case 'stringMap':
+      if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+        throw wrong(value, GO_TYPES[kind]);
+      }
+      for (const item of Object.values(value)) if (typeof item !== 'string') throw wrong(item, 'string');
   }
 }
 
@@ -294,9 +386,16 @@ export function loadConfigFile(path: string, explicit: boolean): ConfigFile | un
   return parseConfigFile(text, path);
 }
 
-/** Go's %v of a flag or file value: lists as "[a b]". */
+/** Go's %v of a flag or file value: lists as "[a b]", maps as "map[k:v]". */
 function goValue(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map((v) => goValue(v)).join(' ')}]`;
+  if (value !== null && typeof value === 'object') {
+    const map = value as Record<string, unknown>;
+    return `map[${Object.keys(map)
+      .sort()
+      .map((k) => `${k}:${goValue(map[k])}`)
+      .join(' ')}]`;
+  }
   return String(value);
 }
 
@@ -310,7 +409,12 @@ function checkConflicts(flags: ConfigFlags, file: ConfigFile): void {
       const flagValue = flags[flag];
       const given = Array.isArray(flagValue) ? flagValue.length > 0 : flagValue !== undefined;
       if (!given) continue;
-      const shown = flag === 'socket' ? [`unix://${String(flagValue)}`] : flagValue;
+      const shown =
+        flag === 'socket'
+          ? [`unix://${String(flagValue)}`]
+          : flag === 'logOpt'
+            ? Object.fromEntries((flagValue as string[]).map((o) => splitOnce(o, '=')))
+            : flagValue;
       conflicts.push(`${key}: (from flag: ${goValue(shown)}, from file: ${goValue(fileValue)})`);
       break;
     }
@@ -329,7 +433,12 @@ export function resolveConfig(
   env: NodeJS.ProcessEnv = {},
   file?: ConfigFile,
 ): DaemonConfig {
-  const config: DaemonConfig = { ...DEFAULT_CONFIG, insecureRegistries: [], registryMirrors: [] };
+  const config: DaemonConfig = {
+    ...DEFAULT_CONFIG,
+    insecureRegistries: [],
+    registryMirrors: [],
+    logOpts: {},
+  };
   if (env.CAPSULE_SOCKET) config.socketPath = env.CAPSULE_SOCKET;
   if (env.CAPSULE_DATA_ROOT) config.dataRoot = env.CAPSULE_DATA_ROOT;
   if (env.CAPSULE_EXEC_ROOT) config.execRoot = env.CAPSULE_EXEC_ROOT;
@@ -362,6 +471,9 @@ export function resolveConfig(
       );
     }
     if (v['warm-pool'] !== undefined) config.warmPoolSize = parseCount(v['warm-pool'], where('warm-pool'), 0);
+    if (v['log-driver'] !== undefined)
+      config.logDriver = parseLogDriver(v['log-driver'], where('log-driver'));
+    if (v['log-opts'] !== undefined) config.logOpts = checkLogOpts(v['log-opts'], where('log-opts'));
   }
 
   if (flags.socket !== undefined) config.socketPath = flags.socket;
@@ -383,6 +495,10 @@ export function resolveConfig(
     config.maxConcurrentDownloads = parseCount(flags.maxConcurrentDownloads, '--max-concurrent-downloads');
   }
   if (flags.warmPool !== undefined) config.warmPoolSize = parseCount(flags.warmPool, '--warm-pool', 0);
+  if (flags.logDriver !== undefined) config.logDriver = parseLogDriver(flags.logDriver, '--log-driver');
+  if (flags.logOpt !== undefined && flags.logOpt.length > 0) {
+    config.logOpts = checkLogOpts(logOptFlags(flags.logOpt), '--log-opt');
+  }
   // As dockerd: debug turns on debug logging whatever log-level says.
   if (config.debug) config.logLevel = 'debug';
   for (const [key, value] of Object.entries(config)) {

@@ -37,6 +37,7 @@ import { checkStartOptions, validateContainerOptions } from '../runtime/oci-spec
 import type { ContainerOptions, RunningSandbox, SandboxRuntime, SandboxSpec } from '../runtime/types';
 import { AttachHub } from './attach';
 import { EventsBus } from './events';
+import { mergeLogOptions } from './config';
 import { filterContainers, matchKVList, validateFilterKeys } from './filters';
 import { generateId, generateName, isValidContainerName, shortId } from './ids';
 import {
@@ -204,6 +205,8 @@ export interface ContainerServiceOptions {
   clock?: RestartClock;
   /** Host port allocation; a fresh one unless a test injects one. */
   ports?: PortAllocator;
+  /** The daemon's log-opts (daemon.json), merged into every new container's LogConfig.Config. */
+  defaultLogOptions?: Record<string, string>;
 }
 
 function withinMs(promise: Promise<unknown>, ms: number): Promise<boolean> {
@@ -260,6 +263,7 @@ export class ContainerService {
   private readonly execRoot: string;
   private readonly clock: RestartClock;
   private readonly ports: PortAllocator;
+  private readonly defaultLogOptions: Record<string, string>;
   private shuttingDown = false;
   private pruning = false;
   private restored: Promise<void> = Promise.resolve();
@@ -273,6 +277,7 @@ export class ContainerService {
     this.execRoot = options.execRoot;
     this.clock = options.clock ?? systemClock;
     this.ports = options.ports ?? new PortAllocator();
+    this.defaultLogOptions = options.defaultLogOptions ?? {};
   }
 
   /**
@@ -429,7 +434,13 @@ export class ContainerService {
     portRequestsOf(merged, hostConfig); // dockerd's port specification checks (400)
     validateContainerOptions(containerOptionsOf(hostConfig));
     // dockerd checks log options once it has the image, the rest before.
-    validateLogOptions(hostConfig.logConfig.config);
+    // dockerd's mergeAndVerifyLogConfig: the daemon's log-opts fill the keys left unset; the
+    // merged options are persisted (inspect shows them) and checked together.
+    const logConfig = {
+      type: 'json-file',
+      config: mergeLogOptions(hostConfig.logConfig.config, this.defaultLogOptions),
+    };
+    validateLogOptions(logConfig.config);
 
     if (name === '') {
       for (let attempt = 0; ; attempt++) {
@@ -449,7 +460,7 @@ export class ContainerService {
       args,
       imageId: image.id,
       config: merged,
-      hostConfig: normalizeHostConfig(hostConfig),
+      hostConfig: normalizeHostConfig({ ...hostConfig, logConfig }),
       state: initialState(),
       restartCount: 0,
       hasBeenManuallyStopped: false,

@@ -445,6 +445,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     events,
     log: log.child({ component: 'containers' }),
     execRoot: config.execRoot,
+    defaultLogOptions: config.logOpts,
   });
   await clearStaleArchiveMounts(config.execRoot, log);
   await containers.init();

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -173,6 +174,35 @@ describe('ImageService.pull', () => {
     ]);
   });
 
+  it('runs layer downloads in parallel, max-concurrent-downloads (default 3) at once', async () => {
+    const layers = await Promise.all(['p1', 'p2', 'p3', 'p4', 'p5'].map((n) => layer(n)));
+    push('parallel', 'latest', buildImage(layers, {}));
+    for (const [limit, expected] of [
+      [undefined, 3],
+      [2, 2],
+    ] as const) {
+      const svc = createImageService({
+        root: await fs.mkdtemp(path.join(base, 'root-')),
+        log: createSilentLogger(),
+        ...(limit !== undefined ? { maxConcurrentDownloads: limit } : {}),
+      });
+      // Each layer GET is held until `expected` of them are in flight (a serial puller only gets
+      // there by timeout, and then saw 1); a puller allowing more would show its extra requests.
+      reg.holdBlobs = {
+        digests: new Set(layers.map((l) => l.digest)),
+        count: expected,
+        timeoutMs: 300,
+        settleMs: 100,
+      };
+      try {
+        await svc.pull(`${reg.host}/parallel`, {}, () => undefined);
+        assert.equal(reg.maxBlobsInFlight, expected, `maxConcurrentDownloads ${String(limit)}`);
+      } finally {
+        reg.resetHold();
+      }
+    }
+  });
+
   it('pulls by digest and records the repo digest', async () => {
     const image = buildImage([await layer('bydigest')], {});
     push('bydigest', 'latest', image);
@@ -231,6 +261,63 @@ describe('ImageService.pull', () => {
     );
   });
 
+  it('an index with no linux/amd64 entry fails a default pull with dockerd\'s text, after "Pulling from"', async () => {
+    const arm = buildImage(
+      [await layer('only-arm64')],
+      {},
+      { os: 'linux', architecture: 'arm64', variant: 'v8' },
+    );
+    const ppc = buildImage([await layer('only-ppc64le')], {}, { os: 'linux', architecture: 'ppc64le' });
+    push('noamd64', 'arm', arm);
+    push('noamd64', 'ppc', ppc);
+    reg.addManifest(
+      'noamd64',
+      MediaType.OciIndex,
+      {
+        schemaVersion: 2,
+        mediaType: MediaType.OciIndex,
+        manifests: [
+          {
+            mediaType: MediaType.OciManifest,
+            digest: arm.manifestDigest,
+            size: arm.manifest.length,
+            platform: { os: 'linux', architecture: 'arm64', variant: 'v8' },
+          },
+          {
+            mediaType: MediaType.OciManifest,
+            digest: ppc.manifestDigest,
+            size: ppc.manifest.length,
+            platform: { os: 'linux', architecture: 'ppc64le' },
+          },
+        ],
+      },
+      'latest',
+    );
+    const svc = await service();
+    const before = reg.requests.length;
+    const events: PullProgress[] = [];
+    await assert.rejects(
+      svc.pull(`${reg.host}/noamd64`, {}, (p) => events.push(p)),
+      (e: unknown) =>
+        e instanceof NotFoundError &&
+        e.message === 'no matching manifest for linux/amd64 in the manifest list entries',
+    );
+    // dockerd's pullV2Tag says "Pulling from" before it looks into the list, so the CLI prints
+    // "latest: Pulling from noamd64" and then the error (in the stream, not as an HTTP status).
+    assert.deepEqual(
+      events.map((e) => `${e.id ?? ''}: ${e.status}`),
+      ['latest: Pulling from noamd64'],
+    );
+    // Nothing but the index was fetched, and nothing was kept.
+    const fetched = reg.requests.slice(before).filter((r) => r.url.startsWith('/v2/noamd64/'));
+    assert.deepEqual(
+      fetched.map((r) => `${r.method} ${r.url}`),
+      ['GET /v2/noamd64/manifests/latest'],
+    );
+    assert.deepEqual(await svc.list(), []);
+    assert.deepEqual(await fs.readdir(svc.layerStore.layersDir), []);
+  });
+
   it('a layer whose bytes do not match its digest fails the pull and leaves no image', async () => {
     const bad = await layer('corrupt');
     const image = buildImage([bad], {});
@@ -278,6 +365,35 @@ describe('ImageService.pull', () => {
     assert.equal((await svc.list()).length, 1);
   });
 
+  it('two concurrent pulls of one image download each blob once', async () => {
+    const layers = [await layer('once1', 100_000), await layer('once2', 100_000), await layer('once3')];
+    const image = buildImage(layers, {});
+    push('download-once', 'latest', image);
+    // Hold blob bodies open so the two pulls overlap for their whole download phase.
+    reg.blobDelayMs = 50;
+    const svc = await service();
+    const blobGets = (): Map<string, number> => {
+      const counts = new Map<string, number>();
+      for (const r of reg.requests) {
+        const m = /^\/v2\/download-once\/blobs\/(sha256:[0-9a-f]{64})$/.exec(r.url);
+        if (r.method === 'GET' && m?.[1] !== undefined) counts.set(m[1], (counts.get(m[1]) ?? 0) + 1);
+      }
+      return counts;
+    };
+    try {
+      const [a, b] = await Promise.all([
+        svc.pull(`${reg.host}/download-once`, {}, () => undefined),
+        svc.pull(`${reg.host}/download-once`, {}, () => undefined),
+      ]);
+      assert.equal(a.id, b.id);
+    } finally {
+      reg.blobDelayMs = 0;
+    }
+    const expected = new Map([...layers.map((l) => [l.digest, 1] as const), [image.configDigest, 1]]);
+    assert.deepEqual(blobGets(), expected);
+    assert.equal(svc.layerStore.unpackCount, 3);
+  });
+
   it('an aborted pull fails with CanceledError and leaves no image', async () => {
     push('slow', 'latest', buildImage([await layer('slow')], {}));
     reg.blobDelayMs = 300;
@@ -315,6 +431,108 @@ describe('ImageService.pull', () => {
       InvalidParameterError,
     );
   });
+});
+
+describe('ImageService.pull: cross-layer attacks', () => {
+  // The threat: layer N plants a symlink, layer N+1 writes "through" it. dockerd survives this
+  // because every layer is applied in its own diff dir; Capsule unpacks each layer alone into its
+  // own diffID dir and stacks them only as overlay lower dirs at run time, where layer N+1's real
+  // directory hides layer N's symlink. A store that copied layer N into layer N+1's dir before
+  // extracting (as a vfs-style snapshot does) would follow the link out of the layer root.
+  interface Pulled {
+    dir: string;
+    canaries: string[];
+    rootName: string;
+    lower: string;
+    upper: string;
+  }
+
+  /**
+   * Layer 1: evil -> <dir>/outside, up -> ../../.. (from <dir>/root/layers/<hex>: <dir> itself),
+   * slash -> /. Layer 2: evil/canary-target, up/canary-target, slash/<unique name>. Canaries wait
+   * where the first two links point; the third would land in / under a unique name.
+   */
+  async function pullPlantedSymlinks(repoName: string): Promise<Pulled> {
+    const dir = await fs.mkdtemp(path.join(base, 'xlayer-'));
+    const outside = path.join(dir, 'outside');
+    await fs.mkdir(outside);
+    const canaries = [path.join(outside, 'canary-target'), path.join(dir, 'canary-target')];
+    for (const c of canaries) await fs.writeFile(c, 'canary\n');
+    const rootName = `capsule-xlayer-canary-${process.pid}-${Date.now()}`;
+    const planted = gzipLayer(
+      await buildTar([
+        { name: 'evil', type: 'symlink', linkname: outside },
+        { name: 'up', type: 'symlink', linkname: '../../..' },
+        { name: 'slash', type: 'symlink', linkname: '/' },
+      ]),
+    );
+    const through = gzipLayer(
+      await buildTar([
+        { name: 'evil/canary-target', content: 'pwned\n' },
+        { name: 'up/canary-target', content: 'pwned\n' },
+        { name: `slash/${rootName}`, content: 'pwned\n' },
+      ]),
+    );
+    push(repoName, 'latest', buildImage([planted, through], { Cmd: ['sh'] }));
+    const svc = await service(path.join(dir, 'root'));
+    try {
+      const record = await svc.pull(`${reg.host}/${repoName}`, {}, () => undefined);
+      await assertNothingOutside({ canaries, rootName });
+      const [lower = '', upper = ''] = await svc.layerDirs(record);
+      assert.equal(path.dirname(lower), svc.layerStore.layersDir);
+      assert.equal(path.dirname(upper), svc.layerStore.layersDir);
+      return { dir, canaries, rootName, lower, upper };
+    } catch (err) {
+      await fs.rm(path.join('/', rootName), { force: true });
+      throw err;
+    }
+  }
+
+  async function assertNothingOutside(p: Pick<Pulled, 'canaries' | 'rootName'>): Promise<void> {
+    for (const c of p.canaries) assert.equal(await fs.readFile(c, 'utf8'), 'canary\n', c);
+    await assert.rejects(fs.lstat(path.join('/', p.rootName)), { code: 'ENOENT' });
+  }
+
+  it('layer N plants evil -> / (and an outside dir, and ../../..), layer N+1 writes evil/canary-target: each lands in its own layer dir', async () => {
+    const p = await pullPlantedSymlinks('xlayer');
+    assert.equal(await fs.readlink(path.join(p.lower, 'evil')), path.join(p.dir, 'outside'));
+    assert.equal(await fs.readlink(path.join(p.lower, 'slash')), '/');
+    for (const name of ['evil', 'up', 'slash']) {
+      assert.ok((await fs.lstat(path.join(p.upper, name))).isDirectory(), name);
+    }
+    assert.equal(await fs.readFile(path.join(p.upper, 'evil/canary-target'), 'utf8'), 'pwned\n');
+    assert.equal(await fs.readFile(path.join(p.upper, 'up/canary-target'), 'utf8'), 'pwned\n');
+    assert.deepEqual(await fs.readdir(path.join(p.upper, 'slash')), [p.rootName]);
+  });
+
+  it(
+    "the same layers stacked as overlay lowers: evil/ is layer N+1's directory and run-time writes stay in the upper dir",
+    process.getuid?.() === 0 ? {} : { skip: 'needs root (overlay mount)' },
+    async () => {
+      const p = await pullPlantedSymlinks('xlayer-overlay');
+      // As runtime/rootfs.ts: image layers as lower dirs (top first), a container upper dir.
+      const mnt = path.join(p.dir, 'merged');
+      const cupper = path.join(p.dir, 'upper');
+      const work = path.join(p.dir, 'work');
+      for (const d of [mnt, cupper, work]) await fs.mkdir(d);
+      const options = `lowerdir=${p.upper}:${p.lower},upperdir=${cupper},workdir=${work}`;
+      execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', options, mnt]);
+      try {
+        for (const name of ['evil', 'up', 'slash']) {
+          assert.ok((await fs.lstat(path.join(mnt, name))).isDirectory(), name);
+        }
+        assert.equal(await fs.readFile(path.join(mnt, 'evil/canary-target'), 'utf8'), 'pwned\n');
+        for (const name of ['evil', 'up']) {
+          await fs.writeFile(path.join(mnt, name, 'canary-target'), 'run time\n');
+          assert.equal(await fs.readFile(path.join(cupper, name, 'canary-target'), 'utf8'), 'run time\n');
+        }
+        await fs.writeFile(path.join(mnt, 'slash', p.rootName), 'run time\n');
+      } finally {
+        execFileSync('umount', [mnt]);
+        await assertNothingOutside(p).finally(() => fs.rm(path.join('/', p.rootName), { force: true }));
+      }
+    },
+  );
 });
 
 describe('ImageService lookups', () => {

@@ -187,6 +187,8 @@ class ImageServiceImpl implements CapsuleImageService {
   private readonly log: Logger;
   private readonly configs = new Map<string, ImageConfigFile>();
   private readonly downloads = new Map<string, Promise<void>>();
+  /** Config blobs being fetched, by digest (shared by concurrent pulls). */
+  private readonly configFetches = new Map<string, Promise<void>>();
   private readonly maxDownloads: number;
   private readonly gate: ContentGate;
   /** Serialises removals (and their collection) with one another. */
@@ -322,6 +324,9 @@ class ImageServiceImpl implements CapsuleImageService {
       const manifests: Array<{ digest: string; bytes: Buffer }> = [{ digest: top.digest, bytes: top.bytes }];
       let manifest: ImageManifest;
       if (top.parsed.kind === 'index') {
+        // dockerd says "Pulling from" before it looks into a list: a platform missing from it is
+        // then an error in the progress stream, after that line, as the CLI shows it.
+        emit(messageLine(`Pulling from ${target.path}`, tagOrDigest));
         const chosen = selectManifest(top.parsed, platform);
         const sub = await repo.getManifest(chosen.digest);
         if (sub.parsed.kind !== 'manifest') {
@@ -333,8 +338,7 @@ class ImageServiceImpl implements CapsuleImageService {
         manifest = top.parsed;
       }
       assertImageManifest(manifest);
-
-      emit(messageLine(`Pulling from ${target.path}`, tagOrDigest));
+      if (top.parsed.kind !== 'index') emit(messageLine(`Pulling from ${target.path}`, tagOrDigest));
       const id = manifest.config.digest;
       if (!(await this.isComplete(id))) {
         const config = await this.fetchConfig(repo, manifest.config);
@@ -407,8 +411,22 @@ class ImageServiceImpl implements CapsuleImageService {
   private async fetchConfig(repo: RemoteRepository, desc: Descriptor): Promise<ImageConfigFile> {
     if (desc.size > MAX_MANIFEST_BYTES) throw new DataLossError(`image config ${desc.digest} is too large`);
     if (!(await this.contentStore.has(desc.digest))) {
-      const blob = await repo.getBlob(desc.digest);
-      await this.contentStore.ingest(desc.digest, blob.stream, { size: desc.size });
+      // Concurrent pulls of one image share one fetch of its config, as they share layer downloads.
+      let running = this.configFetches.get(desc.digest);
+      if (running === undefined) {
+        const fetching = (async () => {
+          const blob = await repo.getBlob(desc.digest);
+          await this.contentStore.ingest(desc.digest, blob.stream, { size: desc.size });
+        })();
+        running = fetching;
+        this.configFetches.set(desc.digest, fetching);
+        fetching
+          .finally(() => {
+            if (this.configFetches.get(desc.digest) === fetching) this.configFetches.delete(desc.digest);
+          })
+          .catch(() => undefined);
+      }
+      await running;
     }
     return this.loadConfig(desc.digest);
   }

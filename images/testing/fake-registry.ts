@@ -44,6 +44,18 @@ export class FakeRegistry {
   redirectBlobs = false;
   /** Delay before each blob body (ms), to hold downloads open. */
   blobDelayMs = 0;
+  /**
+   * Hold the bodies of GETs of these blobs until `count` of them are in flight at once (each
+   * waits `timeoutMs` at most, so a client that never gets there fails its test instead of
+   * hanging); once there, wait `settleMs` more, so that any request beyond `count` a client would
+   * send at the same time is seen, then answer them all and stop holding.
+   */
+  holdBlobs: { digests: Set<string>; count: number; timeoutMs: number; settleMs: number } | undefined;
+  /** The most held blob GETs (see `holdBlobs`) that were in flight at once. */
+  maxBlobsInFlight = 0;
+  private blobsInFlight = 0;
+  private heldBlobs: Array<() => void> = [];
+  private holdOpen = false;
   /** Answer this many upload requests (PATCH / PUT of a blob) with 503 first. */
   failUploads = 0;
   /** Page size of tag lists (0: one page). */
@@ -391,11 +403,38 @@ export class FakeRegistry {
   private sendBlob(res: http.ServerResponse, digest: string, blob: Buffer): void {
     const body = this.corruptBlobs.get(digest) ?? blob;
     const send = (): void => {
+      if (res.destroyed) return;
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length });
       res.end(body);
     };
+    const hold = this.holdBlobs;
+    if (hold !== undefined && hold.digests.has(digest) && !this.holdOpen) {
+      this.blobsInFlight++;
+      this.maxBlobsInFlight = Math.max(this.maxBlobsInFlight, this.blobsInFlight);
+      res.on('close', () => this.blobsInFlight--);
+      const timer = setTimeout(send, hold.timeoutMs);
+      this.heldBlobs.push(() => {
+        clearTimeout(timer);
+        send();
+      });
+      if (this.blobsInFlight >= hold.count) {
+        setTimeout(() => {
+          this.holdOpen = true;
+          for (const release of this.heldBlobs.splice(0)) release();
+        }, hold.settleMs);
+      }
+      return;
+    }
     if (this.blobDelayMs > 0) setTimeout(send, this.blobDelayMs);
     else send();
+  }
+
+  /** Stops holding blobs (see `holdBlobs`) and clears its counters. */
+  resetHold(): void {
+    this.holdBlobs = undefined;
+    this.holdOpen = false;
+    this.maxBlobsInFlight = 0;
+    for (const release of this.heldBlobs.splice(0)) release();
   }
 }
 
