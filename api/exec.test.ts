@@ -298,6 +298,30 @@ describe('exec through the API', () => {
     await eventually(async () => ((await inspectExec(execId)).ExitCode === 137 ? true : undefined), 5000);
   });
 
+  it('a resize sent while the exec is still starting waits for its process, as dockerd (no 404)', async () => {
+    const sandbox = h.runtime.latest(id);
+    assert.ok(sandbox);
+    sandbox.execDelayMs = 400;
+    try {
+      const execId = await createExec({ Cmd: ['cat'], Tty: true, AttachStdin: true, AttachStdout: true });
+      const conn = new RawConnection(h.socketPath);
+      const body = JSON.stringify({ Detach: false, Tty: true });
+      conn.write(
+        `POST /v1.43/exec/${execId}/start HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n` +
+          `Content-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+      );
+      await conn.until((d) => d.includes('101 UPGRADED'));
+      const resize = await request(h.socketPath, 'POST', `/v1.41/exec/${execId}/resize?h=33&w=99`);
+      assert.equal(resize.status, 200, resize.text);
+      const exec = sandbox.execs.find((e) => e.spec.execId === execId);
+      assert.deepEqual(exec?.process.resizes, [[33, 99]]);
+      await exec?.process.signal(9);
+      await conn.untilEnd(5000);
+    } finally {
+      sandbox.execDelayMs = 0;
+    }
+  });
+
   it('exec resize of an exec without a tty is accepted and not passed on', async () => {
     const execId = await createExec({ Cmd: ['sleep', '0.5'] });
     await request(h.socketPath, 'POST', `/v1.41/exec/${execId}/start`, { body: { Detach: true } });

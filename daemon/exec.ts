@@ -19,7 +19,13 @@
  * - ExecIDs of a container lists the execs created or running, not those that ended; instances are
  *   kept (inspectable) until the container is removed.
  */
-import { ConflictError, InvalidParameterError, NotFoundError, messageOf } from '../common/errdefs';
+import {
+  ConflictError,
+  InvalidParameterError,
+  NotFoundError,
+  SystemError,
+  messageOf,
+} from '../common/errdefs';
 import type { Logger } from '../common/logger';
 import type { ExitResult, OutputChunk, RunningExec, RunningSandbox } from '../runtime/types';
 import { generateId, shortId } from './ids';
@@ -94,9 +100,14 @@ interface ExecInstance {
   /** The attached client went away (detach): output is drained, not sent. */
   unattached?: boolean;
   process?: RunningExec;
+  /** Settles once start() knows whether the process runs (its process, or undefined). */
+  startSettled?: Promise<RunningExec | undefined>;
   /** Settles once the exit is recorded. */
   done?: Promise<void>;
 }
+
+/** How long a resize waits for its exec's process to start (dockerd's 10 s). */
+const RESIZE_WAIT_FOR_START_MS = 10_000;
 
 /** dockerd appends the containerd status (": unknown") to an OCI runtime's exec failure. */
 function startFailureMessage(err: unknown): string {
@@ -195,6 +206,8 @@ export class ExecService {
       `exec_start: ${view.entrypoint} ${view.arguments.join(' ')}`,
       { execID: id },
     );
+    let settle!: (proc: RunningExec | undefined) => void;
+    exec.startSettled = new Promise((resolve) => (settle = resolve));
     let proc: RunningExec;
     try {
       proc = await target.sandbox.exec({
@@ -210,9 +223,11 @@ export class ExecService {
     } catch (err) {
       view.running = false;
       view.exitCode = 126;
+      settle(undefined);
       throw new Error(startFailureMessage(err), { cause: err });
     }
     exec.process = proc;
+    settle(proc);
     view.pid = proc.pid;
     const log = this.log.child({ container: shortId(view.containerId), exec: shortId(id) });
     if (view.openStdin && streams?.stdin) void this.pumpStdin(proc, streams.stdin, !view.tty, log);
@@ -294,12 +309,23 @@ export class ExecService {
 
   /**
    * Terminal size of a running exec (SIGWINCH in the process); one without a tty accepts it as a
-   * no-op (dockerd answers 200); one that is not running: 404 as dockerd.
+   * no-op (dockerd answers 200); one that is not running: 404 as dockerd. A resize that comes while
+   * the exec is starting waits for its process, as dockerd's does (up to 10 s, then 500 with its
+   * text): the docker CLI resizes right after the start, and under TCG a terminal exec takes longer
+   * to start than the CLI's retries last ("failed to resize tty, using default size").
    */
   async resize(id: string, height: number, width: number): Promise<void> {
     const exec = this.get(id);
     if (!Number.isInteger(height) || !Number.isInteger(width) || height < 0 || width < 0) {
       throw new InvalidParameterError('invalid terminal size');
+    }
+    if (exec.view.running && !exec.process && exec.startSettled) {
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<'timeout'>((resolve) => {
+        timer = setTimeout(() => resolve('timeout'), RESIZE_WAIT_FOR_START_MS);
+      });
+      const outcome = await Promise.race([exec.startSettled, timedOut]).finally(() => clearTimeout(timer));
+      if (outcome === 'timeout') throw new SystemError('timeout waiting for exec session ready');
     }
     if (!exec.view.running || !exec.process) throw new NotFoundError('no such exec');
     if (exec.view.tty) await exec.process.resize(height, width);

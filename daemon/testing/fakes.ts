@@ -949,7 +949,11 @@ export class FakeSandbox implements RunningSandbox {
     };
   }
 
+  /** How long an exec takes to start (a terminal exec under TCG takes a while). */
+  execDelayMs = 0;
+
   async exec(spec: ExecSpec): Promise<RunningExec> {
+    if (this.execDelayMs > 0) await new Promise((r) => setTimeout(r, this.execDelayMs));
     if (this.done) throw new ConflictError(`container ${this.spec.containerId} is not running`);
     const [cmd] = spec.args;
     if (cmd === '/etc/passwd') {
