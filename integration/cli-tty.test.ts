@@ -64,7 +64,7 @@ const line = (name: string, text: string) => {
 };
 
 /** The interactive checks shared by run -it and exec -it: arithmetic, size, resize, ^C, exit 3. */
-async function interact(win: string): Promise<void> {
+async function interact(win: string): Promise<string> {
   await waitScreen(win, /\/ # $/m);
   line(win, 'echo A:$((6*7))');
   await waitScreen(win, /^A:42\s*$/m);
@@ -86,7 +86,7 @@ async function interact(win: string): Promise<void> {
   line(win, 'echo B:alive');
   await waitScreen(win, /^B:alive\s*$/m, 20_000);
   line(win, 'exit 3');
-  await waitScreen(win, /^EXIT:3\s*$/m);
+  return waitScreen(win, /^EXIT:3\s*$/m);
 }
 
 describe('docker terminals (-it) against capsuled, in tmux', () => {
@@ -123,8 +123,23 @@ describe('docker terminals (-it) against capsuled, in tmux', () => {
     created.push(name);
     ok(await docker(['run', '-d', '--name', name, s.busybox, 'sleep', '1000']));
     openWindow('exec', ['exec', '-it', name, 'sh']);
-    await interact('exec');
+    const screen = await interact('exec');
+    // The CLI resizes right after the start: the daemon waits for the process as dockerd does.
+    assert.doesNotMatch(screen, /failed to resize tty/);
     assert.equal(ok(await docker(['inspect', '-f', '{{.State.Running}}', name])).trim(), 'true');
+
+    // Detaching from an exec (dockerd 20.10, measured): "read escape sequence", the CLI exits 1,
+    // the shell runs on; no detach event.
+    openWindow('exdet', ['exec', '-it', name, 'sh']);
+    await waitScreen('exdet', /\/ # $/m);
+    line('exdet', 'echo E1:$((6*7))');
+    await waitScreen('exdet', /^E1:42\s*$/m);
+    tmux('send-keys', '-t', 'exdet', 'C-p', 'C-q');
+    const detached = await waitScreen('exdet', /EXIT:\d+\s*$/m, 20_000);
+    assert.match(detached, /read escape sequence/);
+    assert.match(detached, /EXIT:1\s*$/m);
+    const top = ok(await docker(['top', name, '-o', 'pid,tty,comm']));
+    assert.match(top, /pts\/\d+\s+sh$/m, top);
   });
 
   it('detach with ctrl-p ctrl-q leaves the container running; attach, --detach-keys, start -ai', async () => {
