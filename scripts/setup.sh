@@ -27,7 +27,8 @@ declare -A NEED=(
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
-  if [[ $cmd == /* ]]; then [[ -x $cmd ]] || missing+=("${NEED[$cmd]}"); else command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}"); fi
+  # A path is a file that must exist (libc.a is not executable); a name a command on PATH.
+  if [[ $cmd == /* ]]; then [[ -e $cmd ]] || missing+=("${NEED[$cmd]}"); else command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}"); fi
 done
 # busybox must be the static build: it goes into the initramfs.
 if command -v busybox >/dev/null && ! file -L "$(command -v busybox)" 2>/dev/null | grep -q 'statically linked'; then
