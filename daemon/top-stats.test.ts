@@ -281,8 +281,34 @@ describe('docker top errors as dockerd words them (500)', () => {
     psFails('-o user=PID,pid', 'specifying "user=PID,pid" is not allowed');
   });
 
+  it("selection options pick among the container's processes (dockerd keeps those ps selects); -e selects all", () => {
+    const procs = [
+      proc({ pid: 1, ppid: 0, sid: 1, comm: 'sh', cmd: 'sh', uid: 0, user: 'root' }),
+      proc({ pid: 7, ppid: 1, sid: 1, comm: 'sleep', cmd: 'sleep 9', uid: 1000, user: 'app' }),
+      proc({ pid: 9, ppid: 7, sid: 9, comm: 'cat', cmd: 'cat', uid: 1000, user: 'app' }),
+    ];
+    const pids = (psArgs: string) => top(psArgs, procs).processes.map((r) => r[1]);
+    assert.deepEqual(pids('-f -p 7'), ['7']);
+    assert.deepEqual(pids('-f -p1,9'), ['1', '9']);
+    assert.deepEqual(pids('-f --pid=9'), ['9']);
+    assert.deepEqual(pids('-f -u app'), ['7', '9']);
+    assert.deepEqual(pids('-f -u 0'), ['1']);
+    assert.deepEqual(pids('-f -C sleep,cat'), ['7', '9']);
+    assert.deepEqual(pids('-f --ppid 1'), ['7']);
+    assert.deepEqual(pids('-f -s 9'), ['9']);
+    // Options add up; -e selects every process.
+    assert.deepEqual(pids('-f -p 1 -C cat'), ['1', '9']);
+    assert.deepEqual(pids('-ef -p 7'), ['1', '7', '9']);
+    assert.deepEqual(pids('-f -p 4242'), []);
+    assert.deepEqual(top('p 7 o pid,comm', procs).processes, [['7', 'sleep']], 'BSD p with a BSD format');
+    psFails('-p', 'ps: error: list of process IDs must follow -p');
+    psFails('-p x', 'ps: error: process ID list syntax error');
+    psFails('-p 1,,2', 'ps: error: process ID list syntax error');
+    psFails('-C', 'ps: error: list of command names must follow -C');
+  });
+
   it('what Capsule cannot format is named, never answered with the default columns', () => {
-    psFails('-p 1', /^ps: the option -p is not supported by Capsule/);
+    psFails('-t pts/0', /^ps: the option -t is not supported by Capsule/);
     psFails('fx', /^ps: the option f is not supported/);
     psFails('-f x', /^ps: a UNIX format \(-f, -F, -l, -j\) with BSD options is not supported/);
     psFails('-o pid,pending', /^ps: the format specifier "pending" is not supported/);
@@ -414,9 +440,9 @@ describe('ContainerMonitor.top', () => {
     const { monitor, calls } = fakeMonitor(false);
     await assert.rejects(monitor.top('c1', '-o user=PID'), /specifying "user=PID" is not allowed/);
     assert.equal(calls.lookups, 0);
-    await assert.rejects(monitor.top('c1', '-p 1'), ConflictError);
+    await assert.rejects(monitor.top('c1', '-t 1'), ConflictError);
     const running = fakeMonitor();
-    await assert.rejects(running.monitor.top('c1', '-p 1'), SystemError);
+    await assert.rejects(running.monitor.top('c1', '-t 1'), SystemError);
     assert.equal(running.calls.top, 0);
   });
 });

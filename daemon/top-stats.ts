@@ -352,10 +352,80 @@ const LONG_OPTIONS = new Set(
   ).split(' '),
 );
 
-/** What ps_args ask for: the columns, and whether threads are rows (-L, -T). */
+/** What ps_args ask for: the columns, whether threads are rows (-L, -T), which processes. */
 export interface PsFormat {
   columns: PsColumn[];
   threads: boolean;
+  /** The processes ps' selection options pick (any of them); undefined: all of the container's. */
+  select?: (p: GuestProcess) => boolean;
+}
+
+/**
+ * A selection option with its list (`-p 1,2`, `-p1`, `p 1`, `--pid=1`). dockerd 20.10 runs
+ * `ps <ps_args> -q <the container's pids>`, procps refuses -q beside another selection option, and
+ * dockerd then runs `ps <ps_args>` over the host's processes and keeps the container's: the
+ * container's processes that the options select.
+ */
+interface PsSelector {
+  /** procps' message when the list is missing. */
+  missing: string;
+  /** The predicate for one list item; undefined: procps' syntax error for the list. */
+  item: (value: string) => ((p: GuestProcess) => boolean) | undefined;
+  syntaxError: string;
+}
+
+const idList = (field: (p: GuestProcess) => number) => (value: string) =>
+  /^\d+$/.test(value) ? (p: GuestProcess) => field(p) === Number(value) : undefined;
+const PID_SELECTOR: PsSelector = {
+  missing: 'error: list of process IDs must follow -p',
+  item: idList((p) => p.pid),
+  syntaxError: 'error: process ID list syntax error',
+};
+const USER_SELECTOR: PsSelector = {
+  missing: 'error: list of users must follow -u',
+  // A name is the container's (its /etc/passwd, as the guest reports it), a number the uid.
+  item: (value) => (p) => (/^\d+$/.test(value) ? p.uid === Number(value) : p.user === value),
+  syntaxError: 'error: user name does not exist',
+};
+const PS_SELECTORS: Record<string, PsSelector> = {
+  '-p': PID_SELECTOR,
+  '-q': PID_SELECTOR,
+  p: PID_SELECTOR,
+  q: PID_SELECTOR,
+  '--pid': PID_SELECTOR,
+  '--quick-pid': PID_SELECTOR,
+  '-u': USER_SELECTOR,
+  '-U': USER_SELECTOR,
+  U: USER_SELECTOR,
+  '--user': USER_SELECTOR,
+  '--User': USER_SELECTOR,
+  '-C': {
+    missing: 'error: list of command names must follow -C',
+    item: (value) => (p) => p.comm === value,
+    syntaxError: 'error: command name list syntax error',
+  },
+  '-s': { ...PID_SELECTOR, missing: 'error: list of session IDs must follow -s', item: idList((p) => p.sid) },
+  '--sid': {
+    ...PID_SELECTOR,
+    missing: 'error: list of session IDs must follow --sid',
+    item: idList((p) => p.sid),
+  },
+  '--ppid': {
+    ...PID_SELECTOR,
+    missing: 'error: list of process IDs must follow --ppid',
+    item: idList((p) => p.ppid),
+  },
+};
+
+/** The predicate for a selection option's list (commas between items), or procps' error. */
+function selection(selector: PsSelector, list: string | undefined): (p: GuestProcess) => boolean {
+  if (list === undefined || list === '') throw psError(selector.missing);
+  const items = list.split(',').map((v) => {
+    const match = v === '' ? undefined : selector.item(v);
+    if (!match) throw psError(selector.syntaxError);
+    return match;
+  });
+  return (p) => items.some((match) => match(p));
 }
 
 /** The UNIX format letters procps combines into one default format. */
@@ -404,8 +474,9 @@ function unixFormat(o: UnixFormatFlags): PsColumn[] {
 
 /**
  * The columns `ps <psArgs>` prints, for the options that make sense for one container's processes:
- * selection options (-e, -A, -a, -d, a, x, g) select nothing here, as dockerd passes ps the
- * container's pids; formats: -f, -F, -l (-y), -j and their combinations, -L and -T (a row per
+ * the tty/session selections (-a, -d, a, x, g) select nothing here, as dockerd passes ps the
+ * container's pids; -e/-A select them all; -p/p/-q, -u/-U/U, -C, -s, --ppid (and their long forms)
+ * select among them (PsSelector); formats: -f, -F, -l (-y), -j and their combinations, -L and -T (a row per
  * thread), u, -o/o/--format (repeatable), else ps' UNIX or BSD default. Anything else is a 500 that
  * says so, never silently the default columns.
  */
@@ -423,6 +494,8 @@ export function parsePsArgs(psArgs: string): PsFormat {
   let user = false;
   let bsd = false;
   let custom: PsColumn[] | undefined;
+  const selections: ((p: GuestProcess) => boolean)[] = [];
+  let selectAll = false;
   const addList = (list: string | undefined, option: string) => {
     if (list === undefined || list === '') throw psError(`error: format specification must follow ${option}`);
     custom = [...(custom ?? []), ...formatList(list)];
@@ -441,7 +514,9 @@ export function parsePsArgs(psArgs: string): PsFormat {
     if (token.startsWith('--')) {
       const eq = token.indexOf('=');
       const name = eq < 0 ? token : token.slice(0, eq);
+      const selector = PS_SELECTORS[name];
       if (name === '--format') addList(eq < 0 ? tokens[++i] : token.slice(eq + 1), '--format');
+      else if (selector) selections.push(selection(selector, eq < 0 ? tokens[++i] : token.slice(eq + 1)));
       else if (LONG_OPTIONS.has(name)) throw unsupported(`the option ${name}`);
       else throw psError('error: unknown gnu long option');
       continue;
@@ -457,6 +532,13 @@ export function parsePsArgs(psArgs: string): PsFormat {
         addList(rest !== '' ? rest : tokens[++i], unix ? '-o' : 'o');
         break;
       }
+      const selector = PS_SELECTORS[unix ? `-${c}` : c];
+      if (selector) {
+        const rest = letters.slice(j + 1);
+        selections.push(selection(selector, rest !== '' ? rest : tokens[++i]));
+        break;
+      }
+      if (unix && 'eA'.includes(c)) selectAll = true;
       if (unix ? 'eAadw'.includes(c) : 'axgw'.includes(c)) continue;
       const flag = unix ? unixLetters[c] : undefined;
       if (flag) unixFlags[flag] = true;
@@ -469,9 +551,24 @@ export function parsePsArgs(psArgs: string): PsFormat {
   if (unixFlags.lwp && unixFlags.spid)
     throw psError("error: thread flags conflict; can't use both -L and -T");
   const threads = unixFlags.lwp || unixFlags.spid;
+  // Selection options add up (ps -p 1 -u 2: either); -e selects every process whatever they say.
+  const select =
+    selectAll || selections.length === 0 ? undefined : (p: GuestProcess) => selections.some((s) => s(p));
   const unixFormatAsked = unixFlags.full || unixFlags.extra || unixFlags.long || unixFlags.jobs;
   if ((custom ? 1 : 0) + (unixFormatAsked ? 1 : 0) + (user ? 1 : 0) > 1)
     throw psError('error: conflicting format options');
+  const format = parsePsFormat(unixFlags, user, bsd, custom, threads);
+  return select ? { ...format, select } : format;
+}
+
+function parsePsFormat(
+  unixFlags: UnixFormatFlags,
+  user: boolean,
+  bsd: boolean,
+  custom: PsColumn[] | undefined,
+  threads: boolean,
+): PsFormat {
+  const unixFormatAsked = unixFlags.full || unixFlags.extra || unixFlags.long || unixFlags.jobs;
   if (custom) return { columns: custom, threads };
   // procps mixes its BSD columns (STAT, BSD TIME) into -f/-l/-j when a BSD option is there too.
   if (bsd && unixFormatAsked) throw unsupported('a UNIX format (-f, -F, -l, -j) with BSD options');
@@ -506,12 +603,13 @@ function withThreadColumns(format: PsColumn[], threadColumn: 'lwp' | 'spid', nlw
  */
 export function formatTop(processes: GuestProcess[], psArgs = '', nowMs = Date.now()): TopResult {
   validatePsArgs(psArgs);
-  const { columns, threads } = parsePsArgs(psArgs);
+  const { columns, threads, select } = parsePsArgs(psArgs);
   const titles = columns.map((c) => c.header);
   if (!titles.includes('PID')) throw new SystemError("Couldn't find PID field in ps output");
+  const selected = select ? processes.filter(select) : processes;
   return {
     titles,
-    processes: psRows(processes, threads).map((p) => columns.map((c) => c.value(p, nowMs))),
+    processes: psRows(selected, threads).map((p) => columns.map((c) => c.value(p, nowMs))),
   };
 }
 
