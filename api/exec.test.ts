@@ -50,14 +50,20 @@ async function createExec(body: object): Promise<string> {
   return r.json<{ Id: string }>().Id;
 }
 
-/** POST /exec/{id}/start with an upgrade, as the docker CLI sends it; returns the whole answer. */
-async function startUpgraded(execId: string, stdin?: string): Promise<{ head: string; body: Buffer }> {
+/** Writes POST /exec/{id}/start with an upgrade, as the docker CLI sends it, on a new connection. */
+function sendUpgradedStart(execId: string, start: Record<string, unknown>, version = 'v1.41'): RawConnection {
   const conn = new RawConnection(h.socketPath);
-  const body = JSON.stringify({ Detach: false, Tty: false });
+  const body = JSON.stringify(start);
   conn.write(
-    `POST /v1.41/exec/${execId}/start HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n` +
+    `POST /${version}/exec/${execId}/start HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n` +
       `Content-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
   );
+  return conn;
+}
+
+/** An upgraded start (stdin written, then the client's FIN); returns the whole answer. */
+async function startUpgraded(execId: string, stdin?: string): Promise<{ head: string; body: Buffer }> {
+  const conn = sendUpgradedStart(execId, { Detach: false, Tty: false });
   await conn.until((d) => d.includes('\r\n\r\n'));
   if (stdin !== undefined) {
     conn.write(stdin);
@@ -258,12 +264,7 @@ describe('exec through the API', () => {
       AttachStderr: true,
       DetachKeys: 'ctrl-x,x',
     });
-    const conn = new RawConnection(h.socketPath);
-    const body = JSON.stringify({ Detach: false, Tty: true, ConsoleSize: [30, 100] });
-    conn.write(
-      `POST /v1.43/exec/${execId}/start HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n` +
-        `Content-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
-    );
+    const conn = sendUpgradedStart(execId, { Detach: false, Tty: true, ConsoleSize: [30, 100] }, 'v1.43');
     await conn.until((d) => d.includes('err\r\n'));
     const sandbox = h.runtime.latest(id);
     const exec = sandbox?.execs.find((e) => e.spec.execId === execId);
@@ -304,12 +305,7 @@ describe('exec through the API', () => {
     sandbox.execDelayMs = 400;
     try {
       const execId = await createExec({ Cmd: ['cat'], Tty: true, AttachStdin: true, AttachStdout: true });
-      const conn = new RawConnection(h.socketPath);
-      const body = JSON.stringify({ Detach: false, Tty: true });
-      conn.write(
-        `POST /v1.43/exec/${execId}/start HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n` +
-          `Content-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
-      );
+      const conn = sendUpgradedStart(execId, { Detach: false, Tty: true }, 'v1.43');
       await conn.until((d) => d.includes('101 UPGRADED'));
       const resize = await request(h.socketPath, 'POST', `/v1.41/exec/${execId}/resize?h=33&w=99`);
       assert.equal(resize.status, 200, resize.text);
