@@ -17,7 +17,7 @@ import {
   type BuiltImage,
   type Layer,
 } from './testing/image-builder';
-import type { PullProgress } from './types';
+import type { ImageRecord, PullProgress } from './types';
 
 let base: string;
 let reg: FakeRegistry;
@@ -405,6 +405,130 @@ describe('ImageService.pull', () => {
     await assert.rejects(pulling, CanceledError);
     reg.blobDelayMs = 0;
     assert.deepEqual(await svc.list(), []);
+  });
+
+  describe('a download shared by two pulls when a client goes away (dockerd: cancelled only when every waiter has gone)', () => {
+    /** Polls `check` until it holds (deadline 10 s). */
+    async function until(check: () => boolean | Promise<boolean>, what: string): Promise<void> {
+      const deadline = Date.now() + 10_000;
+      while (!(await check())) {
+        if (Date.now() > deadline) assert.fail(`timed out waiting until ${what}`);
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    }
+
+    const layerGets = (name: string, digest: string): number =>
+      reg.requests.filter((r) => r.method === 'GET' && r.url === `/v2/${name}/blobs/${digest}`).length;
+
+    interface Shared {
+      svc: CapsuleImageService;
+      l: Layer;
+      image: BuiltImage;
+      ref: string;
+      a: AbortController;
+      pullA: Promise<ImageRecord>;
+      pullB: Promise<ImageRecord>;
+      b: AbortController;
+      settledB: () => boolean;
+    }
+
+    /**
+     * Pull A starts the download of the one layer, which the registry stalls halfway (a partial
+     * temp file in the content store); pull B then joins it. Resolves once both wait for it.
+     */
+    async function twoPullsOnAStalledDownload(name: string): Promise<Shared> {
+      const l = await layer(name, 200_000);
+      const image = buildImage([l], { Cmd: ['sh'] });
+      push(name, 'latest', image);
+      reg.stallBlobs.add(l.digest);
+      const svc = await service();
+      const ref = `${reg.host}/${name}`;
+      const a = new AbortController();
+      const pullA = svc.pull(ref, { signal: a.signal }, () => undefined);
+      pullA.catch(() => undefined);
+      await until(() => reg.stalledBlobs.includes(l.digest), 'pull A downloads the layer');
+      await until(
+        async () => (await fs.readdir(svc.contentStore.ingestDir)).length === 1,
+        'part of the layer is in a temp file',
+      );
+      const b = new AbortController();
+      const eventsB: PullProgress[] = [];
+      let settled = false;
+      const pullB = svc.pull(ref, { signal: b.signal }, (p) => eventsB.push(p));
+      pullB.then(
+        () => (settled = true),
+        () => (settled = true),
+      );
+      // B joins the download in the same turn as it reports the layer (pullLayers → download).
+      await until(
+        () => eventsB.some((e) => e.id === short(l) && e.status === 'Pulling fs layer'),
+        'pull B waits for the same download',
+      );
+      return { svc, l, image, ref, a, pullA, pullB, b, settledB: () => settled };
+    }
+
+    it('pull A is cancelled: pull B completes with the download A started, fetched once', async () => {
+      const name = 'share-cancel-one';
+      const { svc, l, image, a, pullA, pullB } = await twoPullsOnAStalledDownload(name);
+      try {
+        a.abort();
+        await assert.rejects(
+          pullA,
+          (e: unknown) => e instanceof CanceledError && e.message === 'context canceled',
+        );
+        reg.releaseStalled();
+        const record = await pullB;
+        assert.equal(record.id, image.configDigest);
+        const [dir] = await svc.layerDirs(await svc.get(`${reg.host}/${name}`));
+        assert.match(
+          await fs.readFile(path.join(dir ?? '', `${name}/file`), 'utf8'),
+          new RegExp(`^${name}\n`),
+        );
+        assert.equal(layerGets(name, l.digest), 1);
+        assert.deepEqual(reg.abandonedBlobs, []);
+        assert.deepEqual(await fs.readdir(svc.contentStore.ingestDir), []);
+      } finally {
+        reg.releaseStalled();
+      }
+    });
+
+    it('both pulls are cancelled: the download is aborted, leaves nothing behind, and a later pull starts afresh', async () => {
+      const name = 'share-cancel-both';
+      const { svc, l, image, a, pullA, pullB, b, settledB } = await twoPullsOnAStalledDownload(name);
+      try {
+        a.abort();
+        await assert.rejects(pullA, CanceledError);
+        // Let everything A's cancellation set off run: B must still be waiting, the download on.
+        await new Promise((resolve) => setImmediate(resolve));
+        assert.equal(settledB(), false, 'pull B ended when pull A was cancelled');
+        assert.deepEqual(reg.abandonedBlobs, []);
+        b.abort();
+        await assert.rejects(
+          pullB,
+          (e: unknown) => e instanceof CanceledError && e.message === 'context canceled',
+        );
+        await until(() => reg.abandonedBlobs.includes(l.digest), 'the registry sees the download closed');
+        await until(
+          async () => (await fs.readdir(svc.contentStore.ingestDir)).length === 0,
+          'the partial temp file is removed',
+        );
+        assert.equal(await svc.contentStore.has(l.digest), false);
+        assert.deepEqual(await fs.readdir(svc.layerStore.layersDir), []);
+        assert.deepEqual(await svc.list(), []);
+
+        reg.releaseStalled();
+        const record = await svc.pull(`${reg.host}/${name}`, {}, () => undefined);
+        assert.equal(record.id, image.configDigest);
+        assert.equal(layerGets(name, l.digest), 2);
+        const [dir] = await svc.layerDirs(record);
+        assert.match(
+          await fs.readFile(path.join(dir ?? '', `${name}/file`), 'utf8'),
+          new RegExp(`^${name}\n`),
+        );
+      } finally {
+        reg.releaseStalled();
+      }
+    });
   });
 
   it('accepts plain (uncompressed) tar layers', async () => {

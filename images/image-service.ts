@@ -12,7 +12,8 @@
  *   3. unless the image (by config digest) is already complete: fetch and verify the config, then
  *      per layer "Already exists" or "Pulling fs layer" (+ "Waiting" beyond the download limit),
  *      downloads in parallel ("Downloading" with counts, "Verifying Checksum", "Download
- *      complete"), extraction in layer order ("Extracting", "Pull complete");
+ *      complete"), extraction in layer order ("Extracting", "Pull complete"); concurrent pulls
+ *      share each blob download and config fetch, which runs while any of them still waits;
  *   4. the image record is written — only now is the image visible —, then "Digest: …", the
  *      references (tag and repo digest), and "Status: Downloaded newer image for …" or
  *      "Status: Image is up to date for …".
@@ -153,6 +154,186 @@ interface LayerJob {
   id: string;
 }
 
+/**
+ * Work that concurrent pulls share — one layer download, one config fetch —, reference-counted
+ * as dockerd's transfer manager does: it runs while any pull still waits for it. A pull whose own
+ * signal aborts stops waiting (and fails as cancelled) without disturbing the others; when the
+ * last one leaves, the work's signal aborts, so it stops and removes what it had half written.
+ * Progress goes to every pull waiting at the time.
+ */
+class SharedWork {
+  private readonly controller = new AbortController();
+  private readonly listeners = new Set<(p: PullProgress) => void>();
+  private readonly done: Promise<void>;
+  private waiters = 0;
+  private ended = false;
+
+  /** `onEnd` runs once, when the work settles or is abandoned, whichever comes first. */
+  constructor(
+    run: (signal: AbortSignal, emit: (p: PullProgress) => void) => Promise<void>,
+    private readonly onEnd: () => void,
+  ) {
+    this.done = run(this.controller.signal, (p) => {
+      for (const listener of this.listeners) listener(p);
+    });
+    this.done.then(
+      () => this.end(),
+      () => this.end(),
+    );
+  }
+
+  /** Waits for the work until it settles or `signal` aborts (then rejects with its reason). */
+  join(signal: AbortSignal | undefined, emit?: (p: PullProgress) => void): Promise<void> {
+    if (signal?.aborted) {
+      if (this.waiters === 0) this.abandon(signal.reason);
+      return Promise.reject(signal.reason as Error);
+    }
+    this.waiters++;
+    if (emit !== undefined) this.listeners.add(emit);
+    return new Promise<void>((resolve, reject) => {
+      let left = false;
+      const leave = (): void => {
+        if (left) return;
+        left = true;
+        signal?.removeEventListener('abort', onAbort);
+        if (emit !== undefined) this.listeners.delete(emit);
+        this.waiters--;
+      };
+      const onAbort = (): void => {
+        leave();
+        if (this.waiters === 0) this.abandon(signal?.reason);
+        reject(signal?.reason as Error);
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.done.then(
+        () => {
+          leave();
+          resolve();
+        },
+        (err: unknown) => {
+          leave();
+          reject(err as Error);
+        },
+      );
+    });
+  }
+
+  private abandon(reason: unknown): void {
+    if (this.ended) return;
+    this.controller.abort(reason ?? new CanceledError('context canceled'));
+    this.end();
+  }
+
+  private end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.onEnd();
+  }
+}
+
+/**
+ * The registry session of one pull. Its signal aborts (cancelling its requests) once the pull is
+ * gone — its own signal aborted, or it ended — and no shared work it started still runs: a layer
+ * download another pull waits for goes on over this session after the pull that started it was
+ * cancelled.
+ */
+class PullSession {
+  private readonly controller = new AbortController();
+  private leases = 0;
+  private gone = false;
+  private readonly onOwnerAbort = (): void => this.leave();
+
+  constructor(private readonly owner: AbortSignal | undefined) {
+    if (owner?.aborted) this.leave();
+    else owner?.addEventListener('abort', this.onOwnerAbort, { once: true });
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  /** Keeps the session open for one shared work; returns its release (idempotent). */
+  lease(): () => void {
+    this.leases++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.leases--;
+      this.closeIfUnused();
+    };
+  }
+
+  /** The pull is done with the session (cancelled, failed or finished). */
+  leave(): void {
+    this.owner?.removeEventListener('abort', this.onOwnerAbort);
+    this.gone = true;
+    this.closeIfUnused();
+  }
+
+  private closeIfUnused(): void {
+    if (this.gone && this.leases === 0 && !this.controller.signal.aborted) {
+      this.controller.abort(new CanceledError('context canceled'));
+    }
+  }
+}
+
+/**
+ * `pending`, or a rejection as soon as `signal` aborts; a value that arrives after that is handed
+ * to `dispose` (a response nobody will read must not keep its connection open).
+ */
+function untilAborted<T>(pending: Promise<T>, signal: AbortSignal, dispose: (value: T) => void): Promise<T> {
+  if (signal.aborted) {
+    pending.then(dispose, () => undefined);
+    return Promise.reject(signal.reason as Error);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => {
+      pending.then(dispose, () => undefined);
+      reject(signal.reason as Error);
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    pending.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        if (signal.aborted) dispose(value);
+        else resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err as Error);
+      },
+    );
+  });
+}
+
+/**
+ * Streams a fetched blob into the content store, verified. An abort destroys the response at once
+ * (a stalled body would otherwise never reach the store's own abort check), which closes its
+ * connection; the store then removes its temp file.
+ */
+async function ingestBlob(
+  store: ContentStore,
+  digest: string,
+  blob: BlobResponse,
+  size: number,
+  signal: AbortSignal,
+  onBytes?: (current: number) => void,
+): Promise<void> {
+  const onAbort = (): void => {
+    blob.stream.destroy(signal.reason as Error);
+  };
+  signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    await store.ingest(digest, blob.stream, { size, signal, ...(onBytes ? { onBytes } : {}) });
+  } catch (err) {
+    blob.stream.destroy();
+    throw err;
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+}
+
 export function createImageService(deps: ImageServiceDeps): CapsuleImageService {
   return new ImageServiceImpl(deps);
 }
@@ -186,9 +367,10 @@ class ImageServiceImpl implements CapsuleImageService {
   private readonly registry: RegistryClient;
   private readonly log: Logger;
   private readonly configs = new Map<string, ImageConfigFile>();
-  private readonly downloads = new Map<string, Promise<void>>();
+  /** Layer blobs being downloaded, by digest (shared by concurrent pulls). */
+  private readonly downloads = new Map<string, SharedWork>();
   /** Config blobs being fetched, by digest (shared by concurrent pulls). */
-  private readonly configFetches = new Map<string, Promise<void>>();
+  private readonly configFetches = new Map<string, SharedWork>();
   private readonly maxDownloads: number;
   private readonly gate: ContentGate;
   /** Serialises removals (and their collection) with one another. */
@@ -317,8 +499,9 @@ class ImageServiceImpl implements CapsuleImageService {
       }
     };
     const log = this.log.child({ op: 'pull', ref: referenceString(target) });
+    const session = new PullSession(options.signal);
     try {
-      const repo = this.registry.repository(target, options.auth, options.signal);
+      const repo = this.registry.repository(target, options.auth, session.signal);
       const tagOrDigest = target.digest ?? target.tag ?? 'latest';
       const top = await repo.getManifest(tagOrDigest);
       const manifests: Array<{ digest: string; bytes: Buffer }> = [{ digest: top.digest, bytes: top.bytes }];
@@ -341,14 +524,14 @@ class ImageServiceImpl implements CapsuleImageService {
       if (top.parsed.kind !== 'index') emit(messageLine(`Pulling from ${target.path}`, tagOrDigest));
       const id = manifest.config.digest;
       if (!(await this.isComplete(id))) {
-        const config = await this.fetchConfig(repo, manifest.config);
+        const config = await this.fetchConfig(repo, session, manifest.config, options.signal);
         const diffIDs = config.rootfs.diff_ids;
         if (diffIDs.length !== manifest.layers.length) {
           throw new DataLossError(
             `image config ${id} lists ${diffIDs.length} layers, the manifest ${manifest.layers.length}`,
           );
         }
-        const sizes = await this.pullLayers(repo, manifest.layers, diffIDs, emit, options.signal);
+        const sizes = await this.pullLayers(repo, session, manifest.layers, diffIDs, emit, options.signal);
         for (const m of manifests) {
           if (!(await this.contentStore.has(m.digest))) await this.contentStore.writeBlob(m.digest, m.bytes);
         }
@@ -397,6 +580,8 @@ class ImageServiceImpl implements CapsuleImageService {
     } catch (err) {
       if (options.signal?.aborted) throw new CanceledError('context canceled', { cause: err });
       throw err;
+    } finally {
+      session.leave();
     }
   }
 
@@ -408,27 +593,45 @@ class ImageServiceImpl implements CapsuleImageService {
     return true;
   }
 
-  private async fetchConfig(repo: RemoteRepository, desc: Descriptor): Promise<ImageConfigFile> {
+  private async fetchConfig(
+    repo: RemoteRepository,
+    session: PullSession,
+    desc: Descriptor,
+    signal: AbortSignal | undefined,
+  ): Promise<ImageConfigFile> {
     if (desc.size > MAX_MANIFEST_BYTES) throw new DataLossError(`image config ${desc.digest} is too large`);
     if (!(await this.contentStore.has(desc.digest))) {
+      signal?.throwIfAborted();
       // Concurrent pulls of one image share one fetch of its config, as they share layer downloads.
-      let running = this.configFetches.get(desc.digest);
-      if (running === undefined) {
-        const fetching = (async () => {
-          const blob = await repo.getBlob(desc.digest);
-          await this.contentStore.ingest(desc.digest, blob.stream, { size: desc.size });
-        })();
-        running = fetching;
-        this.configFetches.set(desc.digest, fetching);
-        fetching
-          .finally(() => {
-            if (this.configFetches.get(desc.digest) === fetching) this.configFetches.delete(desc.digest);
-          })
-          .catch(() => undefined);
-      }
-      await running;
+      const work =
+        this.configFetches.get(desc.digest) ??
+        this.share(this.configFetches, desc.digest, session, async (workSignal) => {
+          const blob = await untilAborted(repo.getBlob(desc.digest), workSignal, (b) => b.stream.destroy());
+          await ingestBlob(this.contentStore, desc.digest, blob, desc.size, workSignal);
+        });
+      await work.join(signal);
     }
     return this.loadConfig(desc.digest);
+  }
+
+  /**
+   * Starts work that concurrent pulls share (see SharedWork) under `key` in `map`, on the registry
+   * session of the pull that starts it (kept open while the work runs; see PullSession).
+   */
+  private share(
+    map: Map<string, SharedWork>,
+    key: string,
+    session: PullSession,
+    run: (signal: AbortSignal, emit: (p: PullProgress) => void) => Promise<void>,
+  ): SharedWork {
+    const release = session.lease();
+    const work: SharedWork = new SharedWork(run, () => {
+      // Ended or abandoned: a later pull starts afresh.
+      if (map.get(key) === work) map.delete(key);
+      release();
+    });
+    map.set(key, work);
+    return work;
   }
 
   private async loadConfig(id: string): Promise<ImageConfigFile> {
@@ -442,6 +645,7 @@ class ImageServiceImpl implements CapsuleImageService {
   /** Downloads (limited, in parallel) and unpacks (in order) the layers; returns their sizes. */
   private async pullLayers(
     repo: RemoteRepository,
+    session: PullSession,
     layers: Descriptor[],
     diffIDs: string[],
     emit: (p: PullProgress) => void,
@@ -474,7 +678,9 @@ class ImageServiceImpl implements CapsuleImageService {
       emit(layerLine('Pulling fs layer', job.id));
       if (n >= this.maxDownloads) emit(layerLine('Waiting', job.id));
     }
-    const downloads = jobs.map((job) => limiter.run(() => this.download(repo, job, emit, controller.signal)));
+    const downloads = jobs.map((job) =>
+      limiter.run(() => this.download(repo, session, job, emit, controller.signal)),
+    );
     downloads.forEach((d) => d.catch(() => undefined));
     try {
       for (const [n, job] of jobs.entries()) {
@@ -571,76 +777,76 @@ class ImageServiceImpl implements CapsuleImageService {
     throw lastError;
   }
 
-  /** One layer blob into the content store, verified; shared with a concurrent pull of it. */
+  /**
+   * One layer blob into the content store, verified; shared with concurrent pulls of it. `signal`
+   * is this pull's: when it aborts, this pull stops waiting, and the download stops only if no
+   * other pull waits for it.
+   */
   private async download(
+    repo: RemoteRepository,
+    session: PullSession,
+    job: LayerJob,
+    emit: (p: PullProgress) => void,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const digest = job.desc.digest;
+    signal.throwIfAborted();
+    const work =
+      this.downloads.get(digest) ??
+      this.share(this.downloads, digest, session, (workSignal, broadcast) =>
+        this.fetchLayer(repo, job, broadcast, workSignal),
+      );
+    await work.join(signal, emit);
+    emit(layerLine('Download complete', job.id));
+  }
+
+  /** The shared part of download(): fetch, verify and commit one layer blob, with retries. */
+  private async fetchLayer(
     repo: RemoteRepository,
     job: LayerJob,
     emit: (p: PullProgress) => void,
     signal: AbortSignal,
   ): Promise<void> {
     const digest = job.desc.digest;
-    const running = this.downloads.get(digest);
-    if (running !== undefined) {
-      await running;
-      emit(layerLine('Download complete', job.id));
-      return;
-    }
-    const work = (async () => {
-      if (await this.contentStore.has(digest)) {
-        emit(layerLine('Download complete', job.id));
+    if (await this.contentStore.has(digest)) return;
+    for (let attempt = 1; ; attempt++) {
+      signal.throwIfAborted();
+      try {
+        const blob = await untilAborted(this.openLayerBlob(repo, job.desc, signal), signal, (b) =>
+          b.stream.destroy(),
+        );
+        const total = job.desc.size;
+        const throttle = new ProgressThrottle((current) =>
+          emit(progressLine('Downloading', job.id, current, total)),
+        );
+        await ingestBlob(this.contentStore, digest, blob, total, signal, (current) =>
+          throttle.update(current),
+        );
+        emit(layerLine('Verifying Checksum', job.id));
         return;
-      }
-      for (let attempt = 1; ; attempt++) {
-        signal.throwIfAborted();
-        try {
-          const blob = await this.openLayerBlob(repo, job.desc, signal);
-          const total = job.desc.size;
-          const throttle = new ProgressThrottle((current) =>
-            emit(progressLine('Downloading', job.id, current, total)),
-          );
-          try {
-            await this.contentStore.ingest(digest, blob.stream, {
-              size: total,
-              signal,
-              onBytes: (current) => throttle.update(current),
-            });
-          } catch (err) {
-            blob.stream.destroy();
-            throw err;
-          }
-          emit(layerLine('Verifying Checksum', job.id));
-          emit(layerLine('Download complete', job.id));
-          return;
-        } catch (err) {
-          if (signal.aborted) throw err;
-          if (err instanceof DataLossError) {
-            throw new DataLossError(`filesystem layer verification failed for digest ${digest}`, {
-              cause: err,
-            });
-          }
-          const retryable = err instanceof UnavailableError || !(err instanceof CapsuleError);
-          if (!retryable || attempt >= DOWNLOAD_ATTEMPTS) {
-            if (err instanceof CapsuleError) throw err;
-            throw new UnavailableError(`error pulling layer ${digest}: ${(err as Error).message}`, {
-              cause: err,
-            });
-          }
-          const seconds = attempt * 2;
-          this.log.warn('layer download failed, retrying', {
-            digest,
-            attempt,
-            error: (err as Error).message,
+      } catch (err) {
+        if (signal.aborted) throw err;
+        if (err instanceof DataLossError) {
+          throw new DataLossError(`filesystem layer verification failed for digest ${digest}`, {
+            cause: err,
           });
-          emit(layerLine(`Retrying in ${seconds} second${seconds === 1 ? '' : 's'}`, job.id));
-          await sleep(seconds * 1000, signal);
         }
+        const retryable = err instanceof UnavailableError || !(err instanceof CapsuleError);
+        if (!retryable || attempt >= DOWNLOAD_ATTEMPTS) {
+          if (err instanceof CapsuleError) throw err;
+          throw new UnavailableError(`error pulling layer ${digest}: ${(err as Error).message}`, {
+            cause: err,
+          });
+        }
+        const seconds = attempt * 2;
+        this.log.warn('layer download failed, retrying', {
+          digest,
+          attempt,
+          error: (err as Error).message,
+        });
+        emit(layerLine(`Retrying in ${seconds} second${seconds === 1 ? '' : 's'}`, job.id));
+        await sleep(seconds * 1000, signal);
       }
-    })();
-    this.downloads.set(digest, work);
-    try {
-      await work;
-    } finally {
-      this.downloads.delete(digest);
     }
   }
 

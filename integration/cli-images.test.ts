@@ -2,8 +2,8 @@
  * The images issue's user story through the real docker CLI against a real capsuled and real
  * registries (Debian's docker-registry): tag, images (filters, --digests), rmi (untag vs delete,
  * 409 in use), history, push and pull back, pull -a, save/load, import --change and from a URL,
- * login with htpasswd,
- * system df, image prune, and a second daemon whose daemon.json sets registry-mirrors pulling
+ * pull --platform from a multi-arch index, login with htpasswd (push, and pull with the
+ * credentials the CLI sends in X-Registry-Auth), system df, image prune, and a second daemon whose daemon.json sets registry-mirrors pulling
  * `busybox` (docker.io/library/busybox) from the mirror. Expected outputs are the reference
  * dockerd 20.10's for the same commands. No container is started: no VM is needed.
  */
@@ -16,7 +16,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { runCli, type CliResult } from './harness/cli';
 import { TestDaemon } from './harness/daemon';
-import { buildImage, buildTar, gzipLayer, pushBusybox, pushImage } from './harness/fixtures';
+import { buildImage, buildTar, gzipLayer, pushBusybox, pushImage, pushMultiArch } from './harness/fixtures';
 import { startRegistry, type RunningRegistry } from './harness/registry';
 import { session, type Session } from './harness/session';
 
@@ -300,6 +300,34 @@ describe('docker image commands against capsuled', () => {
     }
   });
 
+  it('pull --platform linux/arm64 of a multi-arch index pulls that platform; a default pull linux/amd64', async () => {
+    const { reference, indexDigest, amd64, arm64 } = await pushMultiArch(
+      s.registry,
+      'cli-images/multiarch',
+      'v1',
+    );
+    const platform = [
+      'image',
+      'inspect',
+      '-f',
+      '{{.Os}}/{{.Architecture}}{{if .Variant}}/{{.Variant}}{{end}}',
+    ];
+    try {
+      const pulled = ok(await docker(['pull', '--platform', 'linux/arm64', reference]));
+      assert.match(pulled, new RegExp(`^v1: Pulling from cli-images/multiarch\n`));
+      assert.equal(await imageId(reference), arm64.configDigest);
+      // As the reference dockerd 20.10 prints it for this fixture.
+      assert.equal(ok(await docker([...platform, reference])), 'linux/arm64/v8\n');
+      ok(await docker(['pull', reference]));
+      assert.equal(await imageId(reference), amd64.configDigest);
+      assert.equal(ok(await docker([...platform, reference])), 'linux/amd64\n');
+      assert.equal(ok(await docker([...platform, arm64.configDigest])), 'linux/arm64/v8\n');
+    } finally {
+      await docker(['rmi', reference, `${s.registry}/cli-images/multiarch@${indexDigest}`]);
+      await docker(['rmi', arm64.configDigest]);
+    }
+  });
+
   it('system df reports the images and their sizes', async () => {
     const out = ok(await docker(['system', 'df', '--format', '{{.Type}}|{{.TotalCount}}|{{.Size}}']));
     const images = out.split('\n').find((l) => l.startsWith('Images|'));
@@ -351,6 +379,83 @@ describe('docker login against a registry with htpasswd', () => {
       assert.equal((await runCli(env(), ['logout', registry.host])).code, 0);
     } finally {
       ok(await docker(['rmi', target]));
+    }
+  });
+});
+
+describe('docker pull from a registry with htpasswd: the credentials of docker login', () => {
+  const creds = { user: 'alice', password: 'secret' };
+  let registry: RunningRegistry;
+  let anonymousDir: string;
+  let loginDir: string;
+
+  before(async () => {
+    s = await session();
+    registry = await startRegistry({ htpasswd: creds });
+    // Private CLI config dirs: one never logged in, one for docker login (the host's untouched).
+    anonymousDir = await fs.mkdtemp(path.join(os.tmpdir(), 'capsule-cli-anon-'));
+    loginDir = await fs.mkdtemp(path.join(os.tmpdir(), 'capsule-cli-login-pull-'));
+  });
+  after(async () => {
+    await registry.stop();
+    await fs.rm(anonymousDir, { recursive: true, force: true });
+    await fs.rm(loginDir, { recursive: true, force: true });
+  });
+
+  it("without login the pull fails with dockerd's text; after docker login it pulls (X-Registry-Auth)", async () => {
+    const image = buildImage(
+      [
+        gzipLayer(
+          await buildTar([
+            { name: 'etc/', type: 'directory' },
+            { name: 'etc/private', content: 'private\n' },
+          ]),
+        ),
+      ],
+      { Cmd: ['sh'] },
+    );
+    const pushed = await pushImage(registry.host, 'cli-images/private-pull', 'v1', image, { creds });
+    const anonymous = { ...s.cliEnv(), DOCKER_CONFIG: anonymousDir };
+    const loggedIn = { ...s.cliEnv(), DOCKER_CONFIG: loginDir };
+    try {
+      const refused = await runCli(anonymous, ['pull', pushed.reference]);
+      assert.equal(refused.code, 1);
+      // The reference dockerd 20.10's words for the same pull (its HEAD of the tag is refused).
+      assert.equal(
+        refused.stderr,
+        `Error response from daemon: Head "http://${registry.host}/v2/cli-images/private-pull/manifests/v1": no basic auth credentials\n`,
+      );
+      assert.equal(refused.stdout, '');
+      assert.equal((await runCli(anonymous, ['image', 'inspect', pushed.reference])).code, 1);
+
+      const login = await runCli(loggedIn, ['login', registry.host, '-u', creds.user, '--password-stdin'], {
+        input: `${creds.password}\n`,
+      });
+      assert.equal(login.code, 0, login.stderr);
+      assert.match(login.stdout, /Login Succeeded/);
+      const layer = image.layers[0]?.digest.slice(7, 19) ?? '';
+      const pull = await runCli(loggedIn, ['pull', pushed.reference]);
+      assert.equal(pull.code, 0, pull.stderr);
+      assert.equal(
+        pull.stdout,
+        [
+          'v1: Pulling from cli-images/private-pull',
+          `${layer}: Pulling fs layer`,
+          `${layer}: Verifying Checksum`,
+          `${layer}: Download complete`,
+          `${layer}: Pull complete`,
+          `Digest: ${pushed.manifestDigest}`,
+          `Status: Downloaded newer image for ${pushed.reference}`,
+          pushed.reference,
+          '',
+        ].join('\n'),
+      );
+      assert.equal(await imageId(pushed.reference), image.configDigest);
+      // The anonymous CLI config was never written to.
+      assert.deepEqual(await fs.readdir(anonymousDir), []);
+    } finally {
+      await docker(['rmi', pushed.reference]);
+      await runCli(loggedIn, ['logout', registry.host]);
     }
   });
 });

@@ -56,6 +56,16 @@ export class FakeRegistry {
   private blobsInFlight = 0;
   private heldBlobs: Array<() => void> = [];
   private holdOpen = false;
+  /**
+   * Stall GETs of these blobs halfway: send the headers and the first half of the body, then hold
+   * the rest until `releaseStalled()` (so a client has a partial download in flight).
+   */
+  readonly stallBlobs = new Set<string>();
+  /** Blob GETs stalled by `stallBlobs` and not yet released (digest each). */
+  readonly stalledBlobs: string[] = [];
+  /** Stalled blob GETs whose client closed the connection before the rest was sent (digest each). */
+  readonly abandonedBlobs: string[] = [];
+  private stalled: Array<() => void> = [];
   /** Answer this many upload requests (PATCH / PUT of a blob) with 503 first. */
   failUploads = 0;
   /** Page size of tag lists (0: one page). */
@@ -407,6 +417,10 @@ export class FakeRegistry {
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length });
       res.end(body);
     };
+    if (this.stallBlobs.has(digest)) {
+      this.stallBlob(res, digest, body);
+      return;
+    }
     const hold = this.holdBlobs;
     if (hold !== undefined && hold.digests.has(digest) && !this.holdOpen) {
       this.blobsInFlight++;
@@ -427,6 +441,35 @@ export class FakeRegistry {
     }
     if (this.blobDelayMs > 0) setTimeout(send, this.blobDelayMs);
     else send();
+  }
+
+  private stallBlob(res: http.ServerResponse, digest: string, body: Buffer): void {
+    const half = Math.floor(body.length / 2);
+    let finished = false;
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length });
+    res.write(body.subarray(0, half));
+    this.stalledBlobs.push(digest);
+    const unstall = (): void => {
+      const i = this.stalledBlobs.indexOf(digest);
+      if (i >= 0) this.stalledBlobs.splice(i, 1);
+    };
+    res.on('close', () => {
+      if (finished) return;
+      unstall();
+      this.abandonedBlobs.push(digest);
+    });
+    this.stalled.push(() => {
+      if (res.destroyed) return;
+      finished = true;
+      unstall();
+      res.end(body.subarray(half));
+    });
+  }
+
+  /** Sends the rest of every stalled blob (see `stallBlobs`) and stops stalling. */
+  releaseStalled(): void {
+    this.stallBlobs.clear();
+    for (const release of this.stalled.splice(0)) release();
   }
 
   /** Stops holding blobs (see `holdBlobs`) and clears its counters. */
