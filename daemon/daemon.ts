@@ -134,7 +134,17 @@ export class Daemon {
     this.healthchecks = new HealthcheckService(
       events,
       containers,
-      execProbes(this.execs, (id) => containers.healthTarget(id)?.config),
+      execProbes(
+        this.execs,
+        (id) => containers.healthTarget(id)?.config,
+        (id) => {
+          try {
+            return containers.execTarget(id).sandbox.processExited;
+          } catch {
+            return undefined; // no longer running
+          }
+        },
+      ),
       log.child({ component: 'health' }),
     );
     this.healthchecks.start();

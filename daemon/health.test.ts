@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
+  execProbes,
   formatGoDuration,
   HealthMonitor,
+  type ProbeExecs,
   limitProbeOutput,
   MAX_HEALTH_OUTPUT,
   probeCommand,
@@ -191,6 +193,56 @@ describe('healthchecks (dockerd 20.10 health.go rules)', () => {
     assert.equal(updates.length, 0);
     await clock.advance(60_000);
     assert.equal(updates.length, 0);
+  });
+});
+
+describe('a probe killed with its container (dockerd drops results once its monitor stopped)', () => {
+  it('a result marked containerExited is neither recorded nor followed by another probe', async () => {
+    const killed: ProbeOutcome = { ...fail(137), containerExited: true };
+    const { clock, monitor, updates, calls } = monitorWith([killed], { interval: 1 * S });
+    monitor.start();
+    await clock.advance(1000);
+    assert.equal(calls.length, 1);
+    await clock.advance(10_000);
+    assert.equal(calls.length, 1);
+    assert.equal(updates.length, 0);
+    await monitor.stop();
+  });
+
+  /** A FAKE exec service: every exec exits with `exitCode` at once. */
+  function fakeExecs(exitCode: number): ProbeExecs {
+    return {
+      create: () => 'e1',
+      start: () => Promise.resolve(),
+      inspect: () => ({ exitCode }) as ReturnType<ProbeExecs['inspect']>,
+      kill: () => Promise.resolve(),
+      remove: () => undefined,
+    };
+  }
+  const run = (exitCode: number, processExited: Promise<void> | undefined) =>
+    execProbes(
+      fakeExecs(exitCode),
+      () => undefined,
+      () => processExited,
+    ).runProbe('c1', ['check'], new AbortController().signal);
+
+  it("execProbes: a failed probe whose container's process exits within the settle time is marked", async () => {
+    const soon = new Promise<void>((r) => setTimeout(r, 20));
+    assert.equal((await run(137, soon)).containerExited, true);
+    // Gone already (no longer running): marked at once.
+    assert.equal((await run(1, undefined)).containerExited, true);
+  });
+
+  it('execProbes: a failure in a container that runs on is a result; a success never waits', async () => {
+    const never = new Promise<void>(() => undefined);
+    const t0 = Date.now();
+    const failed = await run(1, never);
+    assert.equal(failed.containerExited, undefined);
+    assert.equal(failed.exitCode, 1);
+    assert.ok(Date.now() - t0 >= 200, 'waited for the settle time');
+    const t1 = Date.now();
+    assert.equal((await run(0, never)).containerExited, undefined);
+    assert.ok(Date.now() - t1 < 100);
   });
 });
 

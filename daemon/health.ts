@@ -34,7 +34,17 @@ export interface ProbeOutcome {
   exitCode: number;
   /** stdout and stderr as the probe wrote them (the runner may stop collecting past the limit). */
   output: Buffer;
+  /** The probe failed because its container's process exited meanwhile: no result (dropped). */
+  containerExited?: boolean;
 }
+
+/**
+ * How long a failed probe's result waits to learn whether its container's process exited too
+ * (the probe killed with it): the probe's exit and the container's come from the guest a few
+ * milliseconds apart, while the run's teardown (and the exit record that stops the monitor) takes
+ * far longer under TCG. dockerd drops a result that comes after its monitor stopped.
+ */
+const FAILED_PROBE_SETTLE_MS = 250;
 
 /** Runs one probe command in the running container (an exec); `signal` aborts it (kill). */
 export type ProbeRunner = (argv: string[], signal: AbortSignal) => Promise<ProbeOutcome>;
@@ -169,6 +179,8 @@ export class HealthMonitor {
     let output: string;
     try {
       const outcome = await this.opts.run(this.opts.command, abort.signal);
+      // Killed with its container: the monitor is about to stop; nothing to record or schedule.
+      if (outcome.containerExited) return;
       if (timedOut) {
         const text = limitProbeOutput(outcome.output);
         exitCode = -1;
@@ -373,6 +385,8 @@ const SIGKILL = 9;
 export function execProbes(
   execs: ProbeExecs,
   containerOf: (id: string) => ContainerConfig | undefined,
+  /** The running container's RunningSandbox.processExited; undefined once it no longer runs. */
+  processExitedOf: (id: string) => Promise<void> | undefined,
 ): HealthProbes {
   return {
     async runProbe(containerId, argv, signal) {
@@ -412,7 +426,19 @@ export function execProbes(
           },
           drained: () => Promise.resolve(),
         });
-        return { exitCode: execs.inspect(id).exitCode ?? -1, output: Buffer.concat(chunks) };
+        const exitCode = execs.inspect(id).exitCode ?? -1;
+        const output = Buffer.concat(chunks);
+        if (exitCode !== 0) {
+          const processExited = processExitedOf(containerId);
+          const containerExited =
+            processExited === undefined ||
+            (await Promise.race([
+              processExited.then(() => true),
+              new Promise<boolean>((resolve) => setTimeout(() => resolve(false), FAILED_PROBE_SETTLE_MS)),
+            ]));
+          if (containerExited) return { exitCode, output, containerExited };
+        }
+        return { exitCode, output };
       } finally {
         clearInterval(retry);
         signal.removeEventListener('abort', onAbort);

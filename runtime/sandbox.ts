@@ -225,6 +225,8 @@ class Sandbox implements RunningSandbox {
   readonly vmPid: number;
   readonly output: Readable;
   readonly exited: Promise<ExitResult>;
+  readonly processExited: Promise<void>;
+  private markProcessExited!: () => void;
   private destroying = false;
   private signalDestroyed!: () => void;
   private readonly destroyed = new Promise<void>((r) => (this.signalDestroyed = r));
@@ -245,6 +247,7 @@ class Sandbox implements RunningSandbox {
     });
     rawOutput.pipe(output);
     this.output = output;
+    this.processExited = new Promise((resolve) => (this.markProcessExited = resolve));
     this.exited = this.lifecycle(output);
   }
 
@@ -265,6 +268,7 @@ class Sandbox implements RunningSandbox {
       result = KILLED;
     }
     this.log.debug('process exited', { exitCode: result.exitCode });
+    this.markProcessExited();
     // Output is drained by the consumer (backpressure reaches the guest) before the VM goes.
     await Promise.race([finished(output).catch(() => undefined), this.destroyed]);
     if (!this.destroying) {

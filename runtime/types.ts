@@ -261,6 +261,12 @@ export interface RunningSandbox {
    */
   readonly exited: Promise<ExitResult>;
   /**
+   * Resolves as soon as the container's process is known to have exited (or the VM is gone), before
+   * the run is torn down: a healthcheck probe that failed because its container died is no probe
+   * result (daemon/health.ts).
+   */
+  readonly processExited: Promise<void>;
+  /**
    * docker cp / export of the running container, done by the guest agent: every path is resolved
    * in the guest, confined to the container's rootfs (the host never follows a container's
    * symlink). `containerName` only goes into error messages.

@@ -585,6 +585,10 @@ async function fakeArchiveCall<T>(root: string, fn: () => Promise<T>): Promise<T
 export class FakeSandbox implements RunningSandbox {
   readonly output: Readable;
   readonly exited: Promise<ExitResult>;
+  /** Resolves with `exited` here: the fake has no teardown between the two. */
+  get processExited(): Promise<void> {
+    return this.exited.then(() => undefined);
+  }
   readonly stdinReceived: Buffer[] = [];
   stdinClosed = false;
   readonly signals: number[] = [];
