@@ -209,17 +209,17 @@ describe('a probe killed with its container (dockerd drops results once its moni
     await monitor.stop();
   });
 
-  /** A FAKE exec service: every exec exits with `exitCode` at once. */
-  function fakeExecs(exitCode: number): ProbeExecs {
+  /** A FAKE exec service: every exec exits with `exitCode` at once, or fails to start (an Error). */
+  function fakeExecs(exitCode: number | Error): ProbeExecs {
     return {
       create: () => 'e1',
-      start: () => Promise.resolve(),
+      start: () => (exitCode instanceof Error ? Promise.reject(exitCode) : Promise.resolve()),
       inspect: () => ({ exitCode }) as ReturnType<ProbeExecs['inspect']>,
       kill: () => Promise.resolve(),
       remove: () => undefined,
     };
   }
-  const run = (exitCode: number, processExited: Promise<void> | undefined) =>
+  const run = (exitCode: number | Error, processExited: Promise<void> | undefined) =>
     execProbes(
       fakeExecs(exitCode),
       () => undefined,
@@ -230,18 +230,32 @@ describe('a probe killed with its container (dockerd drops results once its moni
     const soon = new Promise<void>((r) => setTimeout(r, 20));
     assert.equal((await run(137, soon)).containerExited, true);
     // Gone already (no longer running): marked at once.
-    assert.equal((await run(1, undefined)).containerExited, true);
+    assert.equal((await run(137, undefined)).containerExited, true);
+    // An ordinary failure is the probe's own result, whatever the container does.
+    assert.equal((await run(1, undefined)).containerExited, undefined);
+    // An exec that could not start because the container was going away: marked, not an error.
+    const gone = new Promise<void>((r) => setTimeout(r, 20));
+    assert.equal((await run(new Error('container is not running'), gone)).containerExited, true);
   });
 
-  it('execProbes: a failure in a container that runs on is a result; a success never waits', async () => {
+  it('execProbes: an exec that cannot start in a container that runs on is the error it was', async () => {
+    const never = new Promise<void>(() => undefined);
+    await assert.rejects(
+      run(new Error('exec: "check": executable file not found'), never),
+      /executable file/,
+    );
+  });
+
+  it('execProbes: a killed probe in a container that runs on is a result (after the settle time); others never wait', async () => {
     const never = new Promise<void>(() => undefined);
     const t0 = Date.now();
-    const failed = await run(1, never);
-    assert.equal(failed.containerExited, undefined);
-    assert.equal(failed.exitCode, 1);
-    assert.ok(Date.now() - t0 >= 200, 'waited for the settle time');
+    const killed = await run(137, never);
+    assert.equal(killed.containerExited, undefined);
+    assert.equal(killed.exitCode, 137);
+    assert.ok(Date.now() - t0 >= 1900, 'waited for the settle time');
     const t1 = Date.now();
     assert.equal((await run(0, never)).containerExited, undefined);
+    assert.equal((await run(1, never)).containerExited, undefined);
     assert.ok(Date.now() - t1 < 100);
   });
 });

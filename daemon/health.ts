@@ -39,12 +39,13 @@ export interface ProbeOutcome {
 }
 
 /**
- * How long a failed probe's result waits to learn whether its container's process exited too
- * (the probe killed with it): the probe's exit and the container's come from the guest a few
- * milliseconds apart, while the run's teardown (and the exit record that stops the monitor) takes
- * far longer under TCG. dockerd drops a result that comes after its monitor stopped.
+ * How long the result of a probe that was killed by a signal (or could not start) waits to learn
+ * whether its container's process exited too — the probe killed with it. The two exits reach the
+ * daemon at most a few hundred milliseconds apart (crun run cleans up before it exits), while the
+ * run's teardown, and the exit record that stops the monitor, takes longer under TCG. dockerd drops
+ * a result that comes after its monitor stopped. An ordinary failure (exit 1..127) never waits.
  */
-const FAILED_PROBE_SETTLE_MS = 250;
+const KILLED_PROBE_SETTLE_MS = 2000;
 
 /** Runs one probe command in the running container (an exec); `signal` aborts it (kill). */
 export type ProbeRunner = (argv: string[], signal: AbortSignal) => Promise<ProbeOutcome>;
@@ -390,60 +391,80 @@ export function execProbes(
 ): HealthProbes {
   return {
     async runProbe(containerId, argv, signal) {
-      const config = containerOf(containerId);
-      const id = execs.create(containerId, {
-        cmd: argv,
-        env: [],
-        workingDir: config?.workingDir ?? '',
-        user: config?.user ?? '',
-        tty: false,
-        attachStdin: false,
-        attachStdout: true,
-        attachStderr: true,
-        privileged: false,
-        detachKeys: '',
-      });
-      const chunks: Buffer[] = [];
-      let kept = 0;
-      // A kill before the exec's process exists is a no-op (it may still be starting in a slow
-      // VM), so an aborted probe is killed again until its start settles.
-      let retry: NodeJS.Timeout | undefined;
-      const kill = () => void execs.kill(id, SIGKILL).catch(() => undefined);
-      const onAbort = () => {
-        kill();
-        retry = setInterval(kill, 200);
+      /** Whether the container's process exited by now or within the settle time. */
+      const containerExited = async () => {
+        const processExited = processExitedOf(containerId);
+        if (processExited === undefined) return true; // no longer running
+        return Promise.race([
+          processExited.then(() => true),
+          new Promise<boolean>((resolve) => setTimeout(() => resolve(false), KILLED_PROBE_SETTLE_MS)),
+        ]);
       };
-      signal.addEventListener('abort', onAbort);
+      let outcome: ProbeOutcome;
       try {
-        await execs.start(id, {
-          write: (chunk) => {
-            // One byte past the limit is enough to know the output was cut.
-            if (kept <= MAX_HEALTH_OUTPUT) {
-              chunks.push(chunk.data);
-              kept += chunk.data.length;
-            }
-            return true;
-          },
-          drained: () => Promise.resolve(),
-        });
-        const exitCode = execs.inspect(id).exitCode ?? -1;
-        const output = Buffer.concat(chunks);
-        if (exitCode !== 0) {
-          const processExited = processExitedOf(containerId);
-          const containerExited =
-            processExited === undefined ||
-            (await Promise.race([
-              processExited.then(() => true),
-              new Promise<boolean>((resolve) => setTimeout(() => resolve(false), FAILED_PROBE_SETTLE_MS)),
-            ]));
-          if (containerExited) return { exitCode, output, containerExited };
+        outcome = await runExecProbe(execs, containerOf(containerId), containerId, argv, signal);
+      } catch (err) {
+        // A probe that could not start because its container was going away (or gone).
+        if (!signal.aborted && (await containerExited())) {
+          return { exitCode: -1, output: Buffer.alloc(0), containerExited: true };
         }
-        return { exitCode, output };
-      } finally {
-        clearInterval(retry);
-        signal.removeEventListener('abort', onAbort);
-        execs.remove(id);
+        throw err;
       }
+      // Killed by a signal, and not by its own timeout (the monitor aborted it then).
+      const killed = outcome.exitCode >= 128 && !signal.aborted;
+      if (killed && (await containerExited())) return { ...outcome, containerExited: true };
+      return outcome;
     },
   };
+}
+
+/** One probe as an exec: dockerd's cmdProbe (see execProbes). */
+async function runExecProbe(
+  execs: ProbeExecs,
+  config: ContainerConfig | undefined,
+  containerId: string,
+  argv: string[],
+  signal: AbortSignal,
+): Promise<ProbeOutcome> {
+  const id = execs.create(containerId, {
+    cmd: argv,
+    env: [],
+    workingDir: config?.workingDir ?? '',
+    user: config?.user ?? '',
+    tty: false,
+    attachStdin: false,
+    attachStdout: true,
+    attachStderr: true,
+    privileged: false,
+    detachKeys: '',
+  });
+  const chunks: Buffer[] = [];
+  let kept = 0;
+  // A kill before the exec's process exists is a no-op (it may still be starting in a slow
+  // VM), so an aborted probe is killed again until its start settles.
+  let retry: NodeJS.Timeout | undefined;
+  const kill = () => void execs.kill(id, SIGKILL).catch(() => undefined);
+  const onAbort = () => {
+    kill();
+    retry = setInterval(kill, 200);
+  };
+  signal.addEventListener('abort', onAbort);
+  try {
+    await execs.start(id, {
+      write: (chunk) => {
+        // One byte past the limit is enough to know the output was cut.
+        if (kept <= MAX_HEALTH_OUTPUT) {
+          chunks.push(chunk.data);
+          kept += chunk.data.length;
+        }
+        return true;
+      },
+      drained: () => Promise.resolve(),
+    });
+    return { exitCode: execs.inspect(id).exitCode ?? -1, output: Buffer.concat(chunks) };
+  } finally {
+    clearInterval(retry);
+    signal.removeEventListener('abort', onAbort);
+    execs.remove(id);
+  }
 }
