@@ -55,7 +55,7 @@ import { parseImageConfig } from './image-config';
 import { ImageStore, Mutex, type ImageMeta } from './image-store';
 import { importImage, importProgress, openImportUrl, planImport } from './import-image';
 import { ContentGate, createdNanos, shortId, unixSeconds, type ServiceContext } from './internals';
-import { LayerStore } from './layer-store';
+import { LayerStore, type LayerInfo } from './layer-store';
 import {
   MAX_MANIFEST_BYTES,
   assertImageManifest,
@@ -129,6 +129,11 @@ export interface CapsuleImageService extends ImageManagementService, ImageCommit
 
 const ZERO_TIME = '0001-01-01T00:00:00Z';
 const DOWNLOAD_ATTEMPTS = 3;
+/**
+ * Layers unpacked at once in a pull: two keep both cores of a small host busy (measured: the pull
+ * bench in docs/performance.md); more only adds contention.
+ */
+const UNPACK_CONCURRENCY = 2;
 
 class Semaphore {
   private active = 0;
@@ -642,7 +647,7 @@ class ImageServiceImpl implements CapsuleImageService {
     return config;
   }
 
-  /** Downloads (limited, in parallel) and unpacks (in order) the layers; returns their sizes. */
+  /** Downloads (limited, in parallel) and unpacks the layers (see UNPACK_CONCURRENCY); returns their sizes. */
   private async pullLayers(
     repo: RemoteRepository,
     session: PullSession,
@@ -682,32 +687,26 @@ class ImageServiceImpl implements CapsuleImageService {
       limiter.run(() => this.download(repo, session, job, emit, controller.signal)),
     );
     downloads.forEach((d) => d.catch(() => undefined));
+    // Each layer unpacks as soon as it is downloaded, UNPACK_CONCURRENCY at a time: layer dirs are
+    // independent (keyed by diffID; overlay stacks them at run time), and one unpack leaves the
+    // main thread idle much of the time (file system round trips, zlib in the thread pool).
+    // "Pull complete" still comes in the image's layer order, as dockerd prints it.
+    const unpackLimiter = new Semaphore(UNPACK_CONCURRENCY);
+    const unpacks = jobs.map((job, n) =>
+      (downloads[n] as Promise<void>).then(() =>
+        unpackLimiter.run(() => this.unpackLayer(repo, job, emit, controller.signal)),
+      ),
+    );
+    unpacks.forEach((u) => u.catch(() => undefined));
     try {
       for (const [n, job] of jobs.entries()) {
-        await downloads[n];
-        const blobPath = this.contentStore.blobPath(job.desc.digest);
-        const total = await this.contentStore.size(job.desc.digest);
-        const throttle = new ProgressThrottle((current) =>
-          emit(progressLine('Extracting', job.id, current, total)),
-        );
-        const gzip = detectCompression(await this.contentStore.readHead(job.desc.digest, 6)) === 'gzip';
-        const foreign = job.desc.urls !== undefined && job.desc.urls.length > 0;
-        const info = await this.layerStore.unpack(job.diffID, blobPath, job.desc.digest, {
-          onProgress: (current) => throttle.update(current, current >= total),
-          signal: controller.signal,
-          ...(foreign
-            ? { foreign: { mediaType: job.desc.mediaType, size: total, urls: job.desc.urls ?? [] } }
-            : {}),
-          ...(gzip
-            ? { pushBlob: { digest: job.desc.digest, size: total }, repository: fullName(repo.ref) }
-            : {}),
-        });
+        const info = await unpacks[n];
         emit(layerLine('Pull complete', job.id));
-        sizes[job.index] = info.size;
+        sizes[job.index] = info?.size ?? 0;
       }
     } catch (err) {
       controller.abort();
-      await Promise.allSettled(downloads);
+      await Promise.allSettled([...downloads, ...unpacks]);
       throw err;
     } finally {
       signal?.removeEventListener('abort', onAbort);
@@ -720,6 +719,30 @@ class ImageServiceImpl implements CapsuleImageService {
       }
     }
     return dedupeSizes(sizes, diffIDs);
+  }
+
+  /** Unpacks one downloaded layer blob into the layer store, with "Extracting" progress. */
+  private async unpackLayer(
+    repo: RemoteRepository,
+    job: LayerJob,
+    emit: (p: PullProgress) => void,
+    signal: AbortSignal,
+  ): Promise<LayerInfo> {
+    const blobPath = this.contentStore.blobPath(job.desc.digest);
+    const total = await this.contentStore.size(job.desc.digest);
+    const throttle = new ProgressThrottle((current) =>
+      emit(progressLine('Extracting', job.id, current, total)),
+    );
+    const gzip = detectCompression(await this.contentStore.readHead(job.desc.digest, 6)) === 'gzip';
+    const foreign = job.desc.urls !== undefined && job.desc.urls.length > 0;
+    return this.layerStore.unpack(job.diffID, blobPath, job.desc.digest, {
+      onProgress: (current) => throttle.update(current, current >= total),
+      signal,
+      ...(foreign
+        ? { foreign: { mediaType: job.desc.mediaType, size: total, urls: job.desc.urls ?? [] } }
+        : {}),
+      ...(gzip ? { pushBlob: { digest: job.desc.digest, size: total }, repository: fullName(repo.ref) } : {}),
+    });
   }
 
   /**
