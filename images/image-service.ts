@@ -56,6 +56,7 @@ import { ImageStore, Mutex, type ImageMeta } from './image-store';
 import { importImage, importProgress, openImportUrl, planImport } from './import-image';
 import { ContentGate, createdNanos, shortId, unixSeconds, type ServiceContext } from './internals';
 import { LayerStore, type LayerInfo } from './layer-store';
+import { SharedWork } from './shared-work';
 import {
   MAX_MANIFEST_BYTES,
   assertImageManifest,
@@ -157,83 +158,6 @@ interface LayerJob {
   desc: Descriptor;
   diffID: string;
   id: string;
-}
-
-/**
- * Work that concurrent pulls share — one layer download, one config fetch —, reference-counted
- * as dockerd's transfer manager does: it runs while any pull still waits for it. A pull whose own
- * signal aborts stops waiting (and fails as cancelled) without disturbing the others; when the
- * last one leaves, the work's signal aborts, so it stops and removes what it had half written.
- * Progress goes to every pull waiting at the time.
- */
-class SharedWork {
-  private readonly controller = new AbortController();
-  private readonly listeners = new Set<(p: PullProgress) => void>();
-  private readonly done: Promise<void>;
-  private waiters = 0;
-  private ended = false;
-
-  /** `onEnd` runs once, when the work settles or is abandoned, whichever comes first. */
-  constructor(
-    run: (signal: AbortSignal, emit: (p: PullProgress) => void) => Promise<void>,
-    private readonly onEnd: () => void,
-  ) {
-    this.done = run(this.controller.signal, (p) => {
-      for (const listener of this.listeners) listener(p);
-    });
-    this.done.then(
-      () => this.end(),
-      () => this.end(),
-    );
-  }
-
-  /** Waits for the work until it settles or `signal` aborts (then rejects with its reason). */
-  join(signal: AbortSignal | undefined, emit?: (p: PullProgress) => void): Promise<void> {
-    if (signal?.aborted) {
-      if (this.waiters === 0) this.abandon(signal.reason);
-      return Promise.reject(signal.reason as Error);
-    }
-    this.waiters++;
-    if (emit !== undefined) this.listeners.add(emit);
-    return new Promise<void>((resolve, reject) => {
-      let left = false;
-      const leave = (): void => {
-        if (left) return;
-        left = true;
-        signal?.removeEventListener('abort', onAbort);
-        if (emit !== undefined) this.listeners.delete(emit);
-        this.waiters--;
-      };
-      const onAbort = (): void => {
-        leave();
-        if (this.waiters === 0) this.abandon(signal?.reason);
-        reject(signal?.reason as Error);
-      };
-      signal?.addEventListener('abort', onAbort, { once: true });
-      this.done.then(
-        () => {
-          leave();
-          resolve();
-        },
-        (err: unknown) => {
-          leave();
-          reject(err as Error);
-        },
-      );
-    });
-  }
-
-  private abandon(reason: unknown): void {
-    if (this.ended) return;
-    this.controller.abort(reason ?? new CanceledError('context canceled'));
-    this.end();
-  }
-
-  private end(): void {
-    if (this.ended) return;
-    this.ended = true;
-    this.onEnd();
-  }
 }
 
 /**
@@ -373,9 +297,9 @@ class ImageServiceImpl implements CapsuleImageService {
   private readonly log: Logger;
   private readonly configs = new Map<string, ImageConfigFile>();
   /** Layer blobs being downloaded, by digest (shared by concurrent pulls). */
-  private readonly downloads = new Map<string, SharedWork>();
+  private readonly downloads = new Map<string, SharedWork<void, PullProgress>>();
   /** Config blobs being fetched, by digest (shared by concurrent pulls). */
-  private readonly configFetches = new Map<string, SharedWork>();
+  private readonly configFetches = new Map<string, SharedWork<void, PullProgress>>();
   private readonly maxDownloads: number;
   private readonly gate: ContentGate;
   /** Serialises removals (and their collection) with one another. */
@@ -624,13 +548,13 @@ class ImageServiceImpl implements CapsuleImageService {
    * session of the pull that starts it (kept open while the work runs; see PullSession).
    */
   private share(
-    map: Map<string, SharedWork>,
+    map: Map<string, SharedWork<void, PullProgress>>,
     key: string,
     session: PullSession,
     run: (signal: AbortSignal, emit: (p: PullProgress) => void) => Promise<void>,
-  ): SharedWork {
+  ): SharedWork<void, PullProgress> {
     const release = session.lease();
-    const work: SharedWork = new SharedWork(run, () => {
+    const work: SharedWork<void, PullProgress> = new SharedWork(run, () => {
       // Ended or abandoned: a later pull starts afresh.
       if (map.get(key) === work) map.delete(key);
       release();

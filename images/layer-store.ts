@@ -19,10 +19,11 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { CanceledError, CapsuleError, DataLossError } from '../common/errdefs';
+import { DataLossError } from '../common/errdefs';
 import { syncDir, writeJsonAtomic } from '../common/atomic-write';
 import type { Logger } from '../common/logger';
 import { assertSha256Digest } from './content-store';
+import { SharedWork } from './shared-work';
 import { directorySize, extractLayerFile } from './unpack';
 
 /** A gzip blob of the layer, as pushed to registries. */
@@ -73,23 +74,15 @@ export interface UnpackOptions {
   foreign?: ForeignLayer;
 }
 
-interface SharedUnpack {
-  job: Promise<LayerInfo>;
-  waiters: number;
-  abort: AbortController;
-  /** The progress callbacks of the callers still waiting. */
-  progress: Set<(current: number) => void>;
-}
-
 export class LayerStore {
   readonly layersDir: string;
   private readonly dbDir: string;
   /**
-   * Unpacks in progress, by diffID, with how many callers wait for each: one caller's cancellation
-   * ends its own wait; the unpack itself is aborted only when no caller waits any more (as dockerd
-   * shares a layer between pulls).
+   * Unpacks in progress, by diffID, shared by their callers (SharedWork): one caller's
+   * cancellation ends its own wait; the unpack itself is aborted only when no caller waits any
+   * more (as dockerd shares a layer between pulls).
    */
-  private readonly inflight = new Map<string, SharedUnpack>();
+  private readonly inflight = new Map<string, SharedWork<LayerInfo, number>>();
   /** How many extractions ran (for tests: "unpacked once"). */
   unpackCount = 0;
 
@@ -210,67 +203,21 @@ export class LayerStore {
   ): Promise<LayerInfo> {
     let shared = this.inflight.get(diffID);
     if (shared === undefined) {
-      const abort = new AbortController();
-      const progress = new Set<(current: number) => void>();
-      const job = (async () => {
-        const existing = await this.get(diffID);
-        if (existing !== undefined) return existing;
-        return this.unpackNow(diffID, blobPath, blobDigest, {
-          ...options,
-          signal: abort.signal,
-          onProgress: (current) => {
-            for (const listener of progress) listener(current);
-          },
-        });
-      })();
-      const entry: SharedUnpack = { job, waiters: 0, abort, progress };
-      shared = entry;
-      this.inflight.set(diffID, entry);
-      const forget = () => {
-        if (this.inflight.get(diffID) === entry) this.inflight.delete(diffID);
-      };
-      job.then(forget, forget);
-    }
-    return this.waitFor(diffID, shared, options);
-  }
-
-  /** Waits for a shared unpack until it settles or `signal` aborts (then leaves it, see inflight). */
-  private waitFor(diffID: string, shared: SharedUnpack, options: UnpackOptions): Promise<LayerInfo> {
-    const { signal, onProgress } = options;
-    const cancelled = () =>
-      signal?.reason instanceof CapsuleError ? signal.reason : new CanceledError('context canceled');
-    if (signal?.aborted) return Promise.reject(cancelled());
-    shared.waiters++;
-    if (onProgress) shared.progress.add(onProgress);
-    return new Promise<LayerInfo>((resolve, reject) => {
-      let left = false;
-      const leave = () => {
-        if (left) return false;
-        left = true;
-        signal?.removeEventListener('abort', onAbort);
-        if (onProgress) shared.progress.delete(onProgress);
-        shared.waiters--;
-        return true;
-      };
-      const onAbort = () => {
-        if (!leave()) return;
-        if (shared.waiters === 0) {
-          // Nobody waits any more: stop it, and let a later caller start afresh.
-          if (this.inflight.get(diffID) === shared) this.inflight.delete(diffID);
-          shared.abort.abort(cancelled());
-        }
-        reject(cancelled());
-      };
-      signal?.addEventListener('abort', onAbort, { once: true });
-      shared.job.then(
-        (info) => {
-          if (leave()) resolve(info);
+      const work: SharedWork<LayerInfo, number> = new SharedWork(
+        async (signal, onProgress) => {
+          const existing = await this.get(diffID);
+          if (existing !== undefined) return existing;
+          return this.unpackNow(diffID, blobPath, blobDigest, { ...options, signal, onProgress });
         },
-        (err: unknown) => {
-          if (leave()) reject(err instanceof Error ? err : new Error(String(err)));
+        () => {
+          // Done or abandoned: a later caller starts afresh.
+          if (this.inflight.get(diffID) === work) this.inflight.delete(diffID);
         },
       );
-    });
+      shared = work;
+      this.inflight.set(diffID, work);
+    }
+    return shared.join(options.signal, options.onProgress);
   }
 
   private async unpackNow(
