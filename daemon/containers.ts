@@ -64,7 +64,7 @@ import {
 } from './restart';
 import { SIGKILL, SIGTERM, isValidLinuxSignal, parseSignal } from './signals';
 import { ContainerStore } from './store';
-import { ZERO_TIME, formatRFC3339Nano, nowNs, parseRFC3339Nano } from './time';
+import { ZERO_TIME, formatRFC3339Nano, nowNs, parseRFC3339Nano, withinMs } from './time';
 import { resolveTimestamp } from './timestamps';
 import type {
   AttachOptions,
@@ -207,22 +207,6 @@ export interface ContainerServiceOptions {
   ports?: PortAllocator;
   /** The daemon's log-opts (daemon.json), merged into every new container's LogConfig.Config. */
   defaultLogOptions?: Record<string, string>;
-}
-
-function withinMs(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => resolve(false), ms);
-    promise.then(
-      () => {
-        clearTimeout(timer);
-        resolve(true);
-      },
-      () => {
-        clearTimeout(timer);
-        resolve(true);
-      },
-    );
-  });
 }
 
 /** Re-throws `err` with a prefix, keeping its class for the HTTP mapping (via the cause chain). */

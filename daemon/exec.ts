@@ -30,6 +30,7 @@ import type { Logger } from '../common/logger';
 import type { ExitResult, OutputChunk, RunningExec, RunningSandbox } from '../runtime/types';
 import { generateId, shortId } from './ids';
 import { processEnv } from './merge';
+import { withinMs } from './time';
 import type { ContainerConfig } from './types';
 
 export interface ExecCreateOptions {
@@ -100,8 +101,8 @@ interface ExecInstance {
   /** The attached client went away (detach): output is drained, not sent. */
   unattached?: boolean;
   process?: RunningExec;
-  /** Settles once start() knows whether the process runs (its process, or undefined). */
-  startSettled?: Promise<RunningExec | undefined>;
+  /** Settles once start() knows whether the process runs (then `process` is set, or not). */
+  startSettled?: Promise<void>;
   /** Settles once the exit is recorded. */
   done?: Promise<void>;
 }
@@ -206,7 +207,7 @@ export class ExecService {
       `exec_start: ${view.entrypoint} ${view.arguments.join(' ')}`,
       { execID: id },
     );
-    let settle!: (proc: RunningExec | undefined) => void;
+    let settle!: () => void;
     exec.startSettled = new Promise((resolve) => (settle = resolve));
     let proc: RunningExec;
     try {
@@ -223,11 +224,11 @@ export class ExecService {
     } catch (err) {
       view.running = false;
       view.exitCode = 126;
-      settle(undefined);
+      settle();
       throw new Error(startFailureMessage(err), { cause: err });
     }
     exec.process = proc;
-    settle(proc);
+    settle();
     view.pid = proc.pid;
     const log = this.log.child({ container: shortId(view.containerId), exec: shortId(id) });
     if (view.openStdin && streams?.stdin) void this.pumpStdin(proc, streams.stdin, !view.tty, log);
@@ -320,12 +321,9 @@ export class ExecService {
       throw new InvalidParameterError('invalid terminal size');
     }
     if (exec.view.running && !exec.process && exec.startSettled) {
-      let timer: NodeJS.Timeout | undefined;
-      const timedOut = new Promise<'timeout'>((resolve) => {
-        timer = setTimeout(() => resolve('timeout'), RESIZE_WAIT_FOR_START_MS);
-      });
-      const outcome = await Promise.race([exec.startSettled, timedOut]).finally(() => clearTimeout(timer));
-      if (outcome === 'timeout') throw new SystemError('timeout waiting for exec session ready');
+      if (!(await withinMs(exec.startSettled, RESIZE_WAIT_FOR_START_MS))) {
+        throw new SystemError('timeout waiting for exec session ready');
+      }
     }
     if (!exec.view.running || !exec.process) throw new NotFoundError('no such exec');
     if (exec.view.tty) await exec.process.resize(height, width);

@@ -18,7 +18,7 @@
  */
 import type { Logger } from '../common/logger';
 import type { ExecCreateOptions, ExecStreams, ExecView } from './exec';
-import { formatRFC3339Nano, nowNs, parseRFC3339Nano } from './time';
+import { formatRFC3339Nano, nowNs, parseRFC3339Nano, withinMs } from './time';
 import type { ContainerConfig, HealthcheckConfig, HealthcheckResult, HealthState } from './types';
 
 export type { HealthcheckResult, HealthState, HealthStatus } from './types';
@@ -395,10 +395,7 @@ export function execProbes(
       const containerExited = async () => {
         const processExited = processExitedOf(containerId);
         if (processExited === undefined) return true; // no longer running
-        return Promise.race([
-          processExited.then(() => true),
-          new Promise<boolean>((resolve) => setTimeout(() => resolve(false), KILLED_PROBE_SETTLE_MS)),
-        ]);
+        return withinMs(processExited, KILLED_PROBE_SETTLE_MS);
       };
       let outcome: ProbeOutcome;
       try {

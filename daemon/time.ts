@@ -82,3 +82,15 @@ export function parseUnixTimestamp(text: string): bigint | undefined {
   const frac = BigInt((m[2] ?? '').padEnd(9, '0') || '0');
   return seconds * NS_PER_S + (seconds < 0n ? -frac : frac);
 }
+
+/** Whether `promise` settles (either way) within `ms`; the timer is cleared when it does. */
+export function withinMs(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), ms);
+    const settled = (): void => {
+      clearTimeout(timer);
+      resolve(true);
+    };
+    promise.then(settled, settled);
+  });
+}
