@@ -82,18 +82,20 @@ export interface TerminalSize {
   cols: number;
 }
 
+/**
+ * An agent helper (capsule-console, capsule-exec, capsule-setclock): next to crun on the agent
+ * disk (guest/assets/build.sh) when `crunPath` is absolute, else on PATH.
+ */
+export function besideCrun(crunPath: string, helper: string): string {
+  return path.isAbsolute(crunPath) ? path.join(path.dirname(crunPath), helper) : helper;
+}
+
 function execHelperPathOf(opts: ContainerManagerOptions): string {
-  if (opts.execHelperPath) return opts.execHelperPath;
-  return path.isAbsolute(opts.crunPath)
-    ? path.join(path.dirname(opts.crunPath), 'capsule-exec')
-    : 'capsule-exec';
+  return opts.execHelperPath || besideCrun(opts.crunPath, 'capsule-exec');
 }
 
 function consolePathOf(opts: ContainerManagerOptions): string {
-  if (opts.consolePath) return opts.consolePath;
-  return path.isAbsolute(opts.crunPath)
-    ? path.join(path.dirname(opts.crunPath), 'capsule-console')
-    : 'capsule-console';
+  return opts.consolePath || besideCrun(opts.crunPath, 'capsule-console');
 }
 
 /**

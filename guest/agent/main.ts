@@ -32,7 +32,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import v8 from 'node:v8';
-import { AGENT_OOM_SCORE_ADJ, ContainerManager } from './containers';
+import { AGENT_OOM_SCORE_ADJ, besideCrun, ContainerManager } from './containers';
 import { createAgentService, uptimeMs, type AgentTimes } from './server';
 import { findVirtioPort, VirtioBridge } from './virtio-bridge';
 
@@ -145,9 +145,7 @@ async function serve(fromSnapshot: boolean): Promise<void> {
   const server = new grpc.Server();
   // Next to crun on the agent disk (guest/assets/build.sh), like capsule-console.
   const crunPath = process.env.CAPSULE_CRUN ?? 'crun';
-  const setClockPath =
-    process.env.CAPSULE_SETCLOCK ??
-    (path.isAbsolute(crunPath) ? path.join(path.dirname(crunPath), 'capsule-setclock') : 'capsule-setclock');
+  const setClockPath = process.env.CAPSULE_SETCLOCK ?? besideCrun(crunPath, 'capsule-setclock');
   server.addService(service, createAgentService(manager, times, { setClockPath }));
 
   const transport: { bridge?: VirtioBridge } = {};
