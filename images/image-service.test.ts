@@ -47,6 +47,27 @@ function push(name: string, tag: string, image: BuiltImage): void {
   reg.addManifest(name, MediaType.OciManifest, image.manifest.toString(), tag);
 }
 
+type Platform = { os: string; architecture: string; variant?: string };
+
+/** Publishes an OCI index of already pushed images, each with its platform, as `name:latest`. */
+function pushIndex(name: string, entries: [BuiltImage, Platform][]): string {
+  return reg.addManifest(
+    name,
+    MediaType.OciIndex,
+    {
+      schemaVersion: 2,
+      mediaType: MediaType.OciIndex,
+      manifests: entries.map(([image, platform]) => ({
+        mediaType: MediaType.OciManifest,
+        digest: image.manifestDigest,
+        size: image.manifest.length,
+        platform,
+      })),
+    },
+    'latest',
+  );
+}
+
 async function layer(label: string, extra = 0): Promise<Layer> {
   return gzipLayer(
     await buildTar([
@@ -222,29 +243,10 @@ describe('ImageService.pull', () => {
     const arm = buildImage([await layer('arm64')], {}, { os: 'linux', architecture: 'arm64', variant: 'v8' });
     push('multi', 'x', amd);
     push('multi', 'y', arm);
-    const indexDigest = reg.addManifest(
-      'multi',
-      MediaType.OciIndex,
-      {
-        schemaVersion: 2,
-        mediaType: MediaType.OciIndex,
-        manifests: [
-          {
-            mediaType: MediaType.OciManifest,
-            digest: arm.manifestDigest,
-            size: arm.manifest.length,
-            platform: { os: 'linux', architecture: 'arm64', variant: 'v8' },
-          },
-          {
-            mediaType: MediaType.OciManifest,
-            digest: amd.manifestDigest,
-            size: amd.manifest.length,
-            platform: { os: 'linux', architecture: 'amd64' },
-          },
-        ],
-      },
-      'latest',
-    );
+    const indexDigest = pushIndex('multi', [
+      [arm, { os: 'linux', architecture: 'arm64', variant: 'v8' }],
+      [amd, { os: 'linux', architecture: 'amd64' }],
+    ]);
     const svc = await service();
     const { lines } = await pull(svc, `${reg.host}/multi`);
     assert.equal(lines.at(-2), `Digest: ${indexDigest}`);
@@ -270,29 +272,10 @@ describe('ImageService.pull', () => {
     const ppc = buildImage([await layer('only-ppc64le')], {}, { os: 'linux', architecture: 'ppc64le' });
     push('noamd64', 'arm', arm);
     push('noamd64', 'ppc', ppc);
-    reg.addManifest(
-      'noamd64',
-      MediaType.OciIndex,
-      {
-        schemaVersion: 2,
-        mediaType: MediaType.OciIndex,
-        manifests: [
-          {
-            mediaType: MediaType.OciManifest,
-            digest: arm.manifestDigest,
-            size: arm.manifest.length,
-            platform: { os: 'linux', architecture: 'arm64', variant: 'v8' },
-          },
-          {
-            mediaType: MediaType.OciManifest,
-            digest: ppc.manifestDigest,
-            size: ppc.manifest.length,
-            platform: { os: 'linux', architecture: 'ppc64le' },
-          },
-        ],
-      },
-      'latest',
-    );
+    pushIndex('noamd64', [
+      [arm, { os: 'linux', architecture: 'arm64', variant: 'v8' }],
+      [ppc, { os: 'linux', architecture: 'ppc64le' }],
+    ]);
     const svc = await service();
     const before = reg.requests.length;
     const events: PullProgress[] = [];
