@@ -42,7 +42,10 @@ describe('LayerStore: an unpack shared by several callers', { timeout: 20_000 },
   });
   after(() => fs.rm(dir, { recursive: true, force: true }));
 
-  /** A fresh store and a FIFO as the blob; `feed` writes the layer's first half now. */
+  /**
+   * A fresh store, a FIFO as the blob with the layer's first half written, and two callers (`a`,
+   * `b`) unpacking it, the extraction under way.
+   */
   async function setup() {
     const store = new LayerStore(path.join(dir, `root${++seq}`), createSilentLogger());
     await store.init();
@@ -52,17 +55,17 @@ describe('LayerStore: an unpack shared by several callers', { timeout: 20_000 },
     writer.on('error', () => undefined); // EPIPE once the reader is gone
     writer.write(tar.subarray(0, tar.length / 2));
     const tmpDirs = async () => (await fs.readdir(store.layersDir)).filter((n) => n.startsWith('.tmp-'));
-    return { store, fifo, writer, tmpDirs };
-  }
-
-  it('one caller cancelled: the other gets the layer, unpacked once', async () => {
-    const { store, fifo, writer } = await setup();
     const a = new AbortController();
     const b = new AbortController();
     const diffID = diffIDOf(tar);
     const first = store.unpack(diffID, fifo, 'sha256:blob', { signal: a.signal });
     const second = store.unpack(diffID, fifo, 'sha256:blob', { signal: b.signal });
     await new Promise((r) => setTimeout(r, 50));
+    return { store, writer, tmpDirs, a, b, diffID, first, second };
+  }
+
+  it('one caller cancelled: the other gets the layer, unpacked once', async () => {
+    const { store, writer, a, diffID, first, second } = await setup();
     a.abort(new CanceledError('context canceled'));
     await assert.rejects(first, CanceledError);
     writer.end(tar.subarray(tar.length / 2));
@@ -73,13 +76,7 @@ describe('LayerStore: an unpack shared by several callers', { timeout: 20_000 },
   });
 
   it('every caller cancelled: the unpack stops, leaves nothing, and a later one starts afresh', async () => {
-    const { store, fifo, writer, tmpDirs } = await setup();
-    const a = new AbortController();
-    const b = new AbortController();
-    const diffID = diffIDOf(tar);
-    const first = store.unpack(diffID, fifo, 'sha256:blob', { signal: a.signal });
-    const second = store.unpack(diffID, fifo, 'sha256:blob', { signal: b.signal });
-    await new Promise((r) => setTimeout(r, 50));
+    const { store, writer, tmpDirs, a, b, diffID, first, second } = await setup();
     a.abort();
     await assert.rejects(first, CanceledError);
     assert.equal((await tmpDirs()).length, 1, 'still unpacking for the second caller');
