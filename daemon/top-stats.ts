@@ -546,29 +546,28 @@ export function parsePsArgs(psArgs: string): PsFormat {
       else throw unsupported(`the option ${unix ? '-' : ''}${c}`);
     }
   }
+  // Selection options add up (ps -p 1 -u 2: either); -e selects every process whatever they say.
+  const select =
+    selectAll || selections.length === 0 ? undefined : (p: GuestProcess) => selections.some((s) => s(p));
+  const format = psFormat(unixFlags, user, bsd, custom);
+  return select ? { ...format, select } : format;
+}
+
+/** The columns (and thread rows) of the format options parsePsArgs found, with procps' errors. */
+function psFormat(
+  unixFlags: UnixFormatFlags,
+  user: boolean,
+  bsd: boolean,
+  custom: PsColumn[] | undefined,
+): PsFormat {
   if (unixFlags.noFlags && !unixFlags.long)
     throw psError('error: modifier -y without format -l makes no sense');
   if (unixFlags.lwp && unixFlags.spid)
     throw psError("error: thread flags conflict; can't use both -L and -T");
   const threads = unixFlags.lwp || unixFlags.spid;
-  // Selection options add up (ps -p 1 -u 2: either); -e selects every process whatever they say.
-  const select =
-    selectAll || selections.length === 0 ? undefined : (p: GuestProcess) => selections.some((s) => s(p));
   const unixFormatAsked = unixFlags.full || unixFlags.extra || unixFlags.long || unixFlags.jobs;
   if ((custom ? 1 : 0) + (unixFormatAsked ? 1 : 0) + (user ? 1 : 0) > 1)
     throw psError('error: conflicting format options');
-  const format = parsePsFormat(unixFlags, user, bsd, custom, threads);
-  return select ? { ...format, select } : format;
-}
-
-function parsePsFormat(
-  unixFlags: UnixFormatFlags,
-  user: boolean,
-  bsd: boolean,
-  custom: PsColumn[] | undefined,
-  threads: boolean,
-): PsFormat {
-  const unixFormatAsked = unixFlags.full || unixFlags.extra || unixFlags.long || unixFlags.jobs;
   if (custom) return { columns: custom, threads };
   // procps mixes its BSD columns (STAT, BSD TIME) into -f/-l/-j when a BSD option is there too.
   if (bsd && unixFormatAsked) throw unsupported('a UNIX format (-f, -F, -l, -j) with BSD options');
